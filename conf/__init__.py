@@ -1,0 +1,1 @@
+# Makes the config tree importable as the package `ganrun.conf` (see pyproject.toml).

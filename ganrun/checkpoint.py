@@ -1,0 +1,177 @@
+"""Checkpoints: one file rebuilds the run. Written atomically, read with weights_only=True.
+
+Layout of RUN/checkpoints/: `last.pt` (always the newest) and `step_NNNNNNN.pt` (the newest
+`keep_last` of them). A checkpoint is a plain dict of tensors and Python scalars/containers:
+
+    format, ganrun_version, config (resolved), recipe {networks, optimizers, schedulers},
+    G_ema, scalers, progress {step, images_seen}, data {epoch, position}, grid, rng [per rank],
+    tracker {run_id}
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ganrun.errors import GanrunError
+
+FORMAT = "ganrun-checkpoint/1"
+LAST = "last.pt"
+NUMBERED = re.compile(r"^step_(\d{7,})\.pt$")
+
+# writing
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(payload: dict, path: Path) -> None:
+    """Write to a temp file in the same dir, fsync, then os.replace: a reader (or a kill -9)
+    sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temp, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _link_or_copy_atomic(source: Path, target: Path) -> None:
+    """Make `target` a second name for `source` (no extra disk), atomically."""
+    temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    temp.unlink(missing_ok=True)
+    try:
+        os.link(source, temp)
+    except OSError:  # filesystems without hard links
+        import shutil
+
+        shutil.copyfile(source, temp)
+    os.replace(temp, target)
+    _fsync_dir(target.parent)
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:07d}.pt"
+
+
+def write_checkpoint(payload: dict, checkpoint_dir: Path, *, step: int, keep_last: int) -> Path:
+    """Save `step_N.pt` (when keep_last > 0) and `last.pt`; prune old numbered files."""
+    last = checkpoint_dir / LAST
+    if keep_last > 0:
+        numbered = checkpoint_dir / step_name(step)
+        atomic_save(payload, numbered)
+        _link_or_copy_atomic(numbered, last)
+        for old in numbered_checkpoints(checkpoint_dir)[:-keep_last]:
+            old.unlink(missing_ok=True)
+    else:
+        atomic_save(payload, last)
+    return last
+
+
+def numbered_checkpoints(checkpoint_dir: Path) -> list[Path]:
+    found = [p for p in checkpoint_dir.glob("step_*.pt") if NUMBERED.match(p.name)]
+    return sorted(found, key=lambda p: int(NUMBERED.match(p.name).group(1)))
+
+
+# reading
+
+
+def resolve_checkpoint_path(path_or_run: str | os.PathLike) -> Path:
+    """A .pt file as is; a run dir -> RUN/checkpoints/last.pt."""
+    path = Path(path_or_run).expanduser()
+    if not path.exists():
+        raise GanrunError(f"checkpoint or run dir '{path}' does not exist; pass a run dir (outputs/DATE/TIME) or a .pt file")
+    if path.is_dir():
+        candidate = path / "checkpoints" / LAST
+        if not candidate.is_file():
+            candidate = path / LAST
+        if not candidate.is_file():
+            raise GanrunError(f"'{path}' holds no checkpoints/{LAST}; pass a ganrun run dir or a .pt file")
+        return candidate
+    return path
+
+
+def run_dir_of(checkpoint_path: Path) -> Path:
+    """The run dir a checkpoint belongs to (RUN/checkpoints/x.pt -> RUN)."""
+    parent = checkpoint_path.resolve().parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load and check a ganrun checkpoint, with a clear error for anything else."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        hint = "it is truncated or corrupt" if _looks_truncated(path) else "it is not a ganrun checkpoint"
+        raise GanrunError(f"cannot read checkpoint '{path}': {hint} ({reason}); use an earlier step_*.pt of that run") from None
+    except Exception as error:  # weights_only unpickler refusals come as pickle.UnpicklingError
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise GanrunError(f"'{path}' is not a ganrun checkpoint ({first_line})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise GanrunError(f"'{path}' is not a ganrun checkpoint (no '{FORMAT}' format tag)")
+    return payload
+
+
+def _looks_truncated(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) == b"PK\x03\x04"  # a zip (torch.save) that cannot be read whole
+    except OSError:
+        return False
+
+
+# random number generators
+
+
+def capture_rng() -> dict:
+    state = {
+        "python": random.getstate(),
+        "numpy": _numpy_state_to_plain(np.random.get_state()),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(_numpy_state_from_plain(state["numpy"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _numpy_state_to_plain(state: tuple) -> dict:
+    # weights_only loading accepts tensors and plain containers, not numpy arrays.
+    name, keys, position, has_gauss, cached_gaussian = state
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
+
+
+def _numpy_state_from_plain(state: dict) -> tuple:
+    keys = state["keys"].numpy().astype(np.uint32)
+    return (state["name"], keys, state["position"], state["has_gauss"], state["cached_gaussian"])

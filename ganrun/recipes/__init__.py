@@ -1,0 +1,1 @@
+"""Recipes: one family's networks, optimizers and train step, on the one shared loop."""
