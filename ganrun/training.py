@@ -216,7 +216,8 @@ def train(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> Train
     )
     torch.manual_seed(trainer.seed)
 
-    data: ImageData = build(cfg.dataset)
+    # `source` is what the loader reports back (recorded below), not one of its arguments.
+    data: ImageData = build(OmegaConf.masked_copy(cfg.dataset, [k for k in cfg.dataset if k != "source"]))
     with open_dict(cfg):
         cfg.dataset.source = data.source
     recipe: Recipe = build(cfg.model, loss=build(cfg.loss), optim=build(cfg.optim))
