@@ -125,20 +125,19 @@ def _known_keys(node: DictConfig, prefix: str = "") -> list[str]:
     return keys
 
 
-def _explain_compose_error(error: Exception, overrides: list[str]) -> str:
-    text = str(error)
+def _explain_compose_error(error: Exception) -> str:
+    """Hydra's multi-line composition errors (message + cause), as one actionable line."""
+    text = "\n".join(str(e) for e in (error, error.__cause__) if e is not None)
     first = text.splitlines()[0] if text else type(error).__name__
-    key = None
-    for marker in ("Could not override '", "Could not append to config. An item is already at '"):
-        if marker in text:
-            key = text.split(marker, 1)[1].split("'", 1)[0]
-    if "full_key:" in text:
-        key = text.split("full_key:", 1)[1].split()[0]
-    if key and ("not in struct" in text or "is not in" in text or "Could not override" in text) and "converted" not in text:
+    key = text.split("full_key:", 1)[1].split()[0] if "full_key:" in text else None
+    if key is None and "Could not override '" in text:
+        key = text.split("Could not override '", 1)[1].split("'", 1)[0]
+    if key and ("not in struct" in text or "not in '" in text or "Could not override" in text):
         return f"unknown config key '{key}'" + _suggest(key) + "; see `ganrun train --cfg job` for every key"
-    if key and ("could not be converted" in text or "Invalid value" in text):
-        reason = next((line for line in text.splitlines() if "converted" in line or "Invalid value" in line), first)
-        return f"bad value for '{key}': {reason.strip()}"
+    for marker in ("could not be converted", "Invalid value"):
+        reason = next((line.strip() for line in text.splitlines() if marker in line), None)
+        if key and reason:
+            return f"bad value for '{key}': {reason}"
     return first
 
 
@@ -197,7 +196,7 @@ def preflight_train(args: list[str]) -> list[str]:
                 _COMPOSED_KEYS = _known_keys(compose("train"))
         except Exception:
             _COMPOSED_KEYS = []
-        raise GanrunError(_explain_compose_error(error, overrides)) from None
+        raise GanrunError(_explain_compose_error(error)) from None
 
     from ganrun import distributed
 

@@ -14,6 +14,7 @@ from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -133,7 +134,16 @@ def build(node: DictConfig | dict, **kwargs: Any) -> Any:
     end up inside the optimizer state and `torch.load(weights_only=True)` refuses the checkpoint.
     """
     _check_targets(node, path="")
-    return instantiate(node, _convert_="all", **kwargs)
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as error:
+        # Our own checks inside constructors speak to the user directly, unwrapped.
+        cause = error.__cause__
+        while cause is not None and not isinstance(cause, GanrunError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
 
 
 def _check_targets(node: Any, *, path: str) -> None:
