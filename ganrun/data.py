@@ -16,6 +16,7 @@ import math
 import os
 import struct
 import warnings
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +43,11 @@ def cache_dir() -> Path:
 def warn(message: str) -> None:
     """A one-line warning on stderr (not Python's two-line `warnings` format)."""
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True, soft_wrap=True).print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+    # escape: the message holds user paths, and "[...]" in a path is rich markup otherwise
+    # (a folder named "[/x]" raised MarkupError, "[bold]" vanished from the message)
+    Console(stderr=True, soft_wrap=True).print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
 
 
 @dataclass
@@ -163,15 +167,23 @@ def read_idx(path: Path) -> torch.Tensor:
     """Read an IDX file, gzipped or not. Written here because torchvision's reader opens only
     extracted files, and extracting next to a user's .gz files would write into their data dir."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:  # cut-off download, or not gzip at all
+        raise GanrunError(f"{path} is truncated or not a valid gzip file ({error}); replace it") from None
+    if len(data) < 4:
+        raise GanrunError(f"{path} is truncated: {len(data)} bytes, shorter than an IDX header")
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
         raise GanrunError(f"{path} is not an unsigned-byte IDX file")
+    if len(data) < 4 + 4 * ndim:
+        raise GanrunError(f"{path} is truncated: {len(data)} bytes, shorter than its {ndim}-d IDX header")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if array.size != math.prod(shape):
-        raise GanrunError(f"{path} is truncated: expected {math.prod(shape)} values, found {array.size}")
+        problem = "is truncated" if array.size < math.prod(shape) else "has trailing bytes"
+        raise GanrunError(f"{path} {problem}: expected {math.prod(shape)} values, found {array.size}")
     return torch.from_numpy(array.reshape(shape).copy())
 
 
@@ -191,7 +203,17 @@ def _load_idx_pair(directories: list[Path], split: str) -> Optional[tuple[torch.
     for directory in directories:
         images, labels = _find_idx(directory, image_stem), _find_idx(directory, label_stem)
         if images and labels:
-            return read_idx(images).unsqueeze(1), read_idx(labels).long(), directory
+            image_array, label_array = read_idx(images), read_idx(labels)
+            if image_array.ndim != 3 or label_array.ndim != 1:
+                raise GanrunError(
+                    f"{images} and {labels} must hold (N, H, W) images and (N,) labels, "
+                    f"found shapes {tuple(image_array.shape)} and {tuple(label_array.shape)}"
+                )
+            if len(image_array) != len(label_array):
+                raise GanrunError(
+                    f"{images} has {len(image_array):,} images but {labels} has {len(label_array):,} labels"
+                )
+            return image_array.unsqueeze(1), label_array.long(), directory
     return None
 
 
@@ -301,6 +323,41 @@ def load_mnist_family(
 
 # CIFAR-10
 
+CIFAR_FOLDER = "cifar-10-batches-py"
+CIFAR_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+
+
+def read_cifar_batches(directory: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (N, 3, 32, 32) images and int64 labels from the python-pickle CIFAR-10 batches.
+    Read here rather than through torchvision's CIFAR10, which md5-hashes all six batch files
+    (180 MB) on every load and raises a bare RuntimeError for a partial or corrupt folder."""
+    import pickle
+
+    images, labels = [], []
+    for name in CIFAR_BATCHES[split]:
+        path = directory / name
+        if not path.is_file():
+            raise GanrunError(
+                f"{path} is missing; {directory} must hold data_batch_1..5 and test_batch "
+                "(unpack cifar-10-python.tar.gz again)"
+            )
+        try:
+            with open(path, "rb") as handle:
+                entry = pickle.load(handle, encoding="latin1")  # written by Python 2
+            data = entry["data"] if "data" in entry else entry[b"data"]
+            targets = entry["labels"] if "labels" in entry else entry[b"labels"]
+            data, targets = np.asarray(data, dtype=np.uint8), np.asarray(targets, dtype=np.int64)
+        except Exception as error:  # unpickling garbage raises many types; all mean "corrupt"
+            raise GanrunError(f"{path} is not a CIFAR-10 batch ({type(error).__name__}: {error})") from None
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or targets.shape != (len(data),):
+            raise GanrunError(
+                f"{path} is not a CIFAR-10 batch: data {data.shape}, {targets.size} labels "
+                "(expected (N, 3072) and N labels)"
+            )
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(targets)
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
 
 def load_cifar10(
     *,
@@ -321,7 +378,7 @@ def load_cifar10(
         raise GanrunError(f"dataset.split must be train or test, got {split!r}")
     root_path = Path(root).expanduser()
     cached = cache_dir() / "datasets"
-    folder = "cifar-10-batches-py"
+    folder = CIFAR_FOLDER
     base = next((p for p in (root_path, cached) if (p / folder).is_dir()), None)
     archive = root_path / "cifar-10-python.tar.gz"
     if base is None and archive.is_file():  # extract into the cache, never into the user's root
@@ -342,12 +399,11 @@ def load_cifar10(
             f"cifar10 not found at {root_path / folder} ({why}); put cifar-10-batches-py or "
             f"cifar-10-python.tar.gz in {root_path} or set dataset.root"
         )
-    dataset = datasets.CIFAR10(str(base), train=split == "train", download=False)
-    images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2)
+    images, labels = read_cifar_batches(base / folder, split)
     return ImageData(
         source=f"cifar10 {split} split from {base / folder} ({len(images):,} images)",
         images=conform(images, resolution=resolution, channels=channels),
-        labels=torch.tensor(dataset.targets, dtype=torch.long),
+        labels=labels,
         resolution=resolution,
         channels=channels,
     )
@@ -402,7 +458,8 @@ def load_celeba(
             "set dataset.root to the folder that holds celeba/img_align_celeba"
         )
     image_dir = base / "img_align_celeba"
-    if (base / "list_eval_partition.txt").is_file():
+    # torchvision's CelebA reads PARENT/celeba: only a base named celeba is the folder it would read
+    if base.name == "celeba" and (base / "list_eval_partition.txt").is_file():
         try:
             dataset = datasets.CelebA(str(base.parent), split=split, target_type=[], download=False)
             files = [image_dir / filename for filename in dataset.filename]

