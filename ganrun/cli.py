@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import os
 import sys
 import tempfile
 import time
@@ -117,7 +116,7 @@ def _first_values(overrides: list[str]) -> list:
 
 def _known_keys(node: DictConfig, prefix: str = "") -> list[str]:
     keys = []
-    for key, value in node.items_ex(resolve=False) if hasattr(node, "items_ex") else node.items():
+    for key, value in node.items_ex(resolve=False):
         full = f"{prefix}{key}"
         keys.append(full)
         if isinstance(value, DictConfig):
@@ -125,7 +124,7 @@ def _known_keys(node: DictConfig, prefix: str = "") -> list[str]:
     return keys
 
 
-def _explain_compose_error(error: Exception) -> str:
+def _explain_compose_error(error: Exception, known_keys: list[str]) -> str:
     """Hydra's multi-line composition errors (message + cause), as one actionable line."""
     text = "\n".join(str(e) for e in (error, error.__cause__) if e is not None)
     first = text.splitlines()[0] if text else type(error).__name__
@@ -133,20 +132,14 @@ def _explain_compose_error(error: Exception) -> str:
     if key is None and "Could not override '" in text:
         key = text.split("Could not override '", 1)[1].split("'", 1)[0]
     if key and ("not in struct" in text or "not in '" in text or "Could not override" in text):
-        return f"unknown config key '{key}'" + _suggest(key) + "; see `ganrun train --cfg job` for every key"
+        matches = difflib.get_close_matches(key, known_keys, n=1, cutoff=0.75)
+        suggestion = f" (did you mean '{matches[0]}'?)" if matches else ""
+        return f"unknown config key '{key}'{suggestion}; see `ganrun train --cfg job` for every key"
     for marker in ("could not be converted", "Invalid value"):
         reason = next((line.strip() for line in text.splitlines() if marker in line), None)
         if key and reason:
             return f"bad value for '{key}': {reason}"
     return first
-
-
-_COMPOSED_KEYS: list[str] = []
-
-
-def _suggest(key: str) -> str:
-    matches = difflib.get_close_matches(key, _COMPOSED_KEYS, n=1, cutoff=0.75)
-    return f" (did you mean '{matches[0]}'?)" if matches else ""
 
 
 def _check_writable(directory: Path) -> None:
@@ -190,13 +183,9 @@ def preflight_train(args: list[str]) -> list[str]:
         with initialize_config_module("ganrun.conf", version_base="1.3"):
             cfg = compose("train", overrides=first_values, return_hydra_config=True)
     except Exception as error:  # Hydra/OmegaConf raise several types; all are bad input here
-        global _COMPOSED_KEYS
-        try:
-            with initialize_config_module("ganrun.conf", version_base="1.3"):
-                _COMPOSED_KEYS = _known_keys(compose("train"))
-        except Exception:
-            _COMPOSED_KEYS = []
-        raise GanrunError(_explain_compose_error(error)) from None
+        with initialize_config_module("ganrun.conf", version_base="1.3"):
+            known_keys = _known_keys(compose("train"))
+        raise GanrunError(_explain_compose_error(error, known_keys)) from None
 
     from ganrun import distributed
 

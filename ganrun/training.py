@@ -4,11 +4,10 @@ resume and signals; it never knows which GAN family it trains (that is the recip
 
 from __future__ import annotations
 
-import contextlib
 import math
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -25,7 +24,6 @@ from ganrun.checkpoint import (
     load_checkpoint,
     resolve_checkpoint_path,
     restore_rng,
-    step_name,
     write_checkpoint,
 )
 from ganrun.config import TrainConfig, build, choice, to_plain, validate_train_config

@@ -7,10 +7,7 @@ tested is what users run. Nothing here touches the network or ../shared.
 from __future__ import annotations
 
 import gzip
-import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -103,11 +100,3 @@ def run_train(overrides: list[str], run_dir: Path):
     from ganrun.training import train
 
     return train(compose_train(overrides), run_dir=run_dir, overrides=overrides)
-
-
-def run_cli(*args: str, timeout: float = 300, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """`python -m ganrun ARGS` in a subprocess (for signals, torchrun and exit codes)."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "ganrun", *args], capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd
-    )

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli, run_train, tiny_overrides
+from conftest import run_train, tiny_overrides
 from ganrun.checkpoint import LAST, load_checkpoint
 from ganrun.cli import main
 
