@@ -6,8 +6,6 @@ tested is what users run. Nothing here touches the network or ../shared.
 
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -29,23 +27,15 @@ def isolated(tmp_path, monkeypatch):
     yield
 
 
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """An IDX file (the MNIST format), gzipped when the name ends in .gz."""
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    payload = header + array.astype(np.uint8).tobytes()
-    opener = gzip.open if path.suffix == ".gz" else open
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with opener(path, "wb") as handle:
-        handle.write(payload)
-
-
 def make_mnist(root: Path, *, folder: str = "MNIST", count: int = 64, gz: bool = True, seed: int = 0) -> Path:
     """Random 'digits' in the torchvision layout ROOT/FOLDER/raw (train and t10k)."""
+    from fixtures_data import write_idx_file
+
     rng = np.random.default_rng(seed)
-    suffix = ".gz" if gz else ""
     for prefix in ("train", "t10k"):
-        write_idx(root / folder / "raw" / f"{prefix}-images-idx3-ubyte{suffix}", rng.integers(0, 256, (count, 28, 28)))
-        write_idx(root / folder / "raw" / f"{prefix}-labels-idx1-ubyte{suffix}", rng.integers(0, 10, (count,)))
+        raw = root / folder / "raw"
+        write_idx_file(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (count, 28, 28), dtype=np.uint8), gz=gz)
+        write_idx_file(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, (count,), dtype=np.uint8), gz=gz)
     return root
 
 

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import make_image_folder, make_mnist, run_train, tiny_overrides
+from fixtures_data import make_cifar
 from ganrun.checkpoint import FORMAT, LAST, atomic_save, load_checkpoint, numbered_checkpoints, write_checkpoint
 from ganrun.errors import GanrunError, TrainingDiverged
 
@@ -34,7 +35,7 @@ def _tensors_equal(a, b, path="") -> None:
 # training on each dataset kind
 
 
-@pytest.mark.parametrize("kind", ["mnist", "fashion_mnist", "image_folder", "celeba"])
+@pytest.mark.parametrize("kind", ["mnist", "fashion_mnist", "cifar10", "image_folder", "celeba"])
 def test_two_steps_on_each_dataset_kind(kind, tmp_path):
     data_root = tmp_path / "data"
     extra: dict = {"trainer.max_steps": 2, "trainer.sample_every": 2, "trainer.ckpt_every": 2}
@@ -42,6 +43,8 @@ def test_two_steps_on_each_dataset_kind(kind, tmp_path):
         make_mnist(data_root)
     elif kind == "fashion_mnist":
         make_mnist(data_root, folder="FashionMNIST")
+    elif kind == "cifar10":
+        make_cifar(data_root)
     elif kind == "image_folder":
         make_image_folder(data_root / "nested" / "deeper", count=12)
         extra["dataset.resolution"] = 32
@@ -49,8 +52,10 @@ def test_two_steps_on_each_dataset_kind(kind, tmp_path):
         make_image_folder(data_root / "celeba" / "img_align_celeba", count=12, size=(89, 109))
         extra["dataset.resolution"] = 32
     overrides = [f"dataset={kind}", *tiny_overrides(data_root, **extra)]
+    if kind != "mnist":  # only MNIST has an offline fallback; folders download nothing
+        overrides = [o for o in overrides if not o.startswith("dataset.fallback")]
     if kind in ("image_folder", "celeba"):
-        overrides = [o for o in overrides if not o.startswith(("dataset.download", "dataset.fallback"))]
+        overrides = [o for o in overrides if not o.startswith("dataset.download")]
     run_dir = tmp_path / "run"
     result = run_train(overrides, run_dir)
 
@@ -60,7 +65,7 @@ def test_two_steps_on_each_dataset_kind(kind, tmp_path):
     assert checkpoint["config"]["dataset"]["name"] == kind
     assert str(data_root) in checkpoint["config"]["dataset"]["source"]
     grid = Image.open(run_dir / "samples" / "step_0000002.png")
-    resolution = 28 if "mnist" in kind else 32
+    resolution = 28 if "mnist" in kind else 32  # cifar10's default, and the folders' override
     assert grid.size == (2 * resolution + 6, 2 * resolution + 6)  # 2x2 grid, 2-pixel padding
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [2]
