@@ -97,21 +97,25 @@ def make_textbook_step(images: torch.Tensor, batch_size: int):
 # ganrun's step, built from the real config tree with default settings
 
 
-def make_ganrun_step(images: torch.Tensor, batch_size: int):
+def make_ganrun_step(images: torch.Tensor, batch_size: int, *, precision: str = "auto", compile: bool = False):
     register_schemas()
+    overrides = ["dataset=celeba", "dataset.resolution=64", f"trainer.batch_size={batch_size}", f"trainer.compile={compile}",
+                 f"trainer.precision={precision}"]
     with initialize_config_module("ganrun.conf", version_base="1.3"):
-        cfg = compose("train", overrides=["dataset=celeba", "dataset.resolution=64", f"trainer.batch_size={batch_size}"])
+        cfg = compose("train", overrides=overrides)
     trainer = cfg.trainer
     device = torch.device("cpu")
-    precision = choose_precision(choice(trainer.precision), device_type="cpu", cpu_bf16=cpu_supports_bf16())
+    policy = choose_precision(choice(trainer.precision), device_type="cpu", cpu_bf16=cpu_supports_bf16())
     torch.manual_seed(0)
     recipe = build(cfg.model, loss=build(cfg.loss), optim=build(cfg.optim))
     channels_last = use_channels_last(trainer.channels_last, *recipe.networks.values())
     recipe.to(device, channels_last=channels_last)
+    if trainer.compile:  # as the loop does: train_step calls the compiled networks
+        recipe.wrap(lambda name, network: torch.compile(network))
     recipe.train()
     ema = EMA(source=recipe.generator, half_life_kimg=trainer.ema.half_life_kimg, rampup=trainer.ema.rampup)
-    scalers = {name: torch.amp.GradScaler("cpu", enabled=precision.grad_scaler) for name in recipe.optimizers}
-    stepper = Stepper(device_type="cpu", autocast_dtype=precision.autocast_dtype, optimizers=recipe.optimizers, scalers=scalers)
+    scalers = {name: torch.amp.GradScaler("cpu", enabled=policy.grad_scaler) for name in recipe.optimizers}
+    stepper = Stepper(device_type="cpu", autocast_dtype=policy.autocast_dtype, optimizers=recipe.optimizers, scalers=scalers)
     batches = Batches(data=ImageData(source="bench", images=images, resolution=64, channels=3), batch_size=batch_size,
                       seed=0, device=device, channels_last=channels_last)
     monitor = LossMonitor()
@@ -124,7 +128,7 @@ def make_ganrun_step(images: torch.Tensor, batch_size: int):
         ema.update(recipe.generator, images_seen=state["images_seen"], batch_size=batch_size)
         monitor.add(state["step"], terms)
 
-    settings = f"precision={precision.name}, channels_last={channels_last}, compile={trainer.compile}"
+    settings = f"precision={policy.name}, channels_last={channels_last}, compile={trainer.compile}"
     return step, settings
 
 
@@ -158,27 +162,38 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=4, help="training steps per round")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--precision", default="auto", help="ganrun's trainer.precision (auto: bf16 where the CPU has it)")
+    parser.add_argument("--compile", action="store_true", help="also time trainer.compile=true (compiles for a minute or more)")
     args = parser.parse_args()
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}")
     images = torch.randint(0, 256, (1024, 3, 64, 64), dtype=torch.uint8)
-    textbook = make_textbook_step(images, args.batch_size)
-    ganrun, settings = make_ganrun_step(images, args.batch_size)
-    for step in (textbook, ganrun):  # warm-up: allocator, oneDNN primitive caches
+    steps = {"textbook": make_textbook_step(images, args.batch_size)}
+    steps["ganrun"], settings = make_ganrun_step(images, args.batch_size, precision=args.precision)
+    if args.compile:
+        steps["compiled"], _ = make_ganrun_step(images, args.batch_size, precision=args.precision, compile=True)
+    for name, step in steps.items():  # warm-up: allocator, oneDNN primitive caches, compilation
+        start = time.perf_counter()
         for _ in range(2):
             step()
-    rates: dict[str, list[float]] = {"textbook": [], "ganrun": []}
+        if name == "compiled":
+            print(f"compiling + 2 warm-up steps: {time.perf_counter() - start:.0f} s")
+    rates: dict[str, list[float]] = {name: [] for name in steps}
     for round_index in range(args.rounds):
-        for name, step in (("textbook", textbook), ("ganrun", ganrun)):
+        for name, step in steps.items():
             rates[name].append(time_steps(step, args.steps, args.batch_size))
-        print(f"round {round_index + 1}: textbook {rates['textbook'][-1]:.1f} img/s, ganrun {rates['ganrun'][-1]:.1f} img/s")
-    textbook_rate, ganrun_rate = statistics.median(rates["textbook"]), statistics.median(rates["ganrun"])
-    ratios = [g / t for g, t in zip(rates["ganrun"], rates["textbook"])]
+        print(f"round {round_index + 1}: " + ", ".join(f"{name} {rate[-1]:.1f} img/s" for name, rate in rates.items()))
+    medians = {name: statistics.median(rate) for name, rate in rates.items()}
     print()
     print(f"DCGAN 64x64, batch {args.batch_size}, {args.rounds} rounds x {args.steps} steps (median):")
-    print(f"  textbook step (pytorch/examples, fp32, NCHW, eager): {textbook_rate:8.1f} img/s")
-    print(f"  ganrun step ({settings}):      {ganrun_rate:8.1f} img/s")
-    print(f"  ratio: {ganrun_rate / textbook_rate:.2f}x (per-round ratios {min(ratios):.2f}-{max(ratios):.2f})")
+    print(f"  textbook step (pytorch/examples, fp32, NCHW, eager): {medians['textbook']:8.1f} img/s")
+    labels = {"ganrun": f"ganrun step ({settings})", "compiled": "ganrun step, trainer.compile=true"}
+    for name in steps:
+        if name == "textbook":
+            continue
+        ratios = [g / t for g, t in zip(rates[name], rates["textbook"])]
+        print(f"  {labels[name]}: {medians[name]:8.1f} img/s, ratio {medians[name] / medians['textbook']:.2f}x "
+              f"(per-round ratios {min(ratios):.2f}-{max(ratios):.2f})")
     source, pipeline_rate = bench_input_pipeline(args.batch_size)
     print(f"MNIST input pipeline (in-memory uint8, batch {args.batch_size}): {pipeline_rate:,.0f} img/s  [{source}]")
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
