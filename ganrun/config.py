@@ -63,7 +63,7 @@ class EMAConfig:
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 1000
+    max_steps: int = 3000
     batch_size: int = 64  # global: split evenly over DDP ranks
     seed: int = 0
     device: Device = Device.auto
@@ -71,8 +71,8 @@ class TrainerConfig:
     channels_last: bool = True
     compile: bool = False
     log_every: int = 50
-    sample_every: int = 250
-    ckpt_every: int = 250
+    sample_every: int = 500
+    ckpt_every: int = 500
     keep_last: int = 3
     grid_size: int = 64
     num_workers: int = 2  # only for datasets streamed from disk
