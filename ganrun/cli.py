@@ -35,7 +35,7 @@ usage: ganrun COMMAND [overrides...]
 commands:
   train    train a model            ganrun train model=dcgan dataset=celeba dataset.root=DIR
   sample   images from a checkpoint ganrun sample ckpt=RUN/checkpoints/last.pt n=64
-  eval     metrics of a checkpoint  (FID/KID/IS: not in this version yet, see the README)
+  eval     metrics of a checkpoint  ganrun eval ckpt=RUN/checkpoints/last.pt metrics=[fid,kid]
 
 Each command is a Hydra app: `ganrun train --help` lists the config groups,
 `ganrun train --cfg job` prints the composed config, `ganrun train -m a=1,2` sweeps.
@@ -84,7 +84,15 @@ def sample_app(cfg: DictConfig) -> None:
         sample(cfg)
 
 
-APPS = {"train": train_app, "sample": sample_app}
+@hydra.main(version_base="1.3", config_path="pkg://ganrun.conf", config_name="eval")
+def eval_app(cfg: DictConfig) -> None:
+    from ganrun.evaluation import evaluate
+
+    with user_errors():
+        evaluate(cfg)
+
+
+APPS = {"train": train_app, "sample": sample_app, "eval": eval_app}
 
 # preflight
 
@@ -223,7 +231,24 @@ def preflight_sample(args: list[str]) -> list[str]:
     return args
 
 
-PREFLIGHT = {"train": preflight_train, "sample": preflight_sample}
+def preflight_eval(args: list[str]) -> list[str]:
+    from ganrun.checkpoint import load_checkpoint, resolve_checkpoint_path
+    from ganrun.metrics import check_metric_names
+
+    parsed = _first_values([arg for arg in args if not arg.startswith("-")])
+    checked = {override.key_or_group: value for override, value in parsed}
+    if not any(checked.get(key) not in (None, "null") for key in ("ckpt", "run", "real", "fake")):
+        raise GanrunError("eval needs what to measure: ckpt=FILE_or_RUN, run=RUN_DIR, or real=DIR fake=DIR")
+    for override, _ in parsed:
+        if override.key_or_group == "metrics" and not override.is_sweep_override():
+            value = override.value()
+            check_metric_names(value if isinstance(value, list) else [value])
+    if "ckpt" in checked:
+        load_checkpoint(resolve_checkpoint_path(checked["ckpt"]))
+    return args
+
+
+PREFLIGHT = {"train": preflight_train, "sample": preflight_sample, "eval": preflight_eval}
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -235,9 +260,6 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(__version__)
         return
     command, args = argv[0], argv[1:]
-    if command == "eval":
-        fail("`ganrun eval` (FID/KID/IS/precision-recall) is not part of this version yet; "
-             "compare runs by their sample grids and metrics.jsonl for now")
     if command not in APPS:
         fail(f"unknown command '{command}'; choose one of: train, sample, eval (ganrun --help)")
     if not any(arg.split("=")[0] in PASSTHROUGH_FLAGS for arg in args):

@@ -115,11 +115,31 @@ class SampleConfig:
     device: Device = Device.auto
 
 
+@dataclass
+class EvalConfig:
+    ckpt: Optional[str] = None  # a checkpoint file or run dir (its last.pt)
+    run: Optional[str] = None  # every numbered checkpoint of a run -> a metric-vs-step table
+    real: Optional[str] = None  # two image folders, compared directly
+    fake: Optional[str] = None
+    metrics: list[str] = field(default_factory=lambda: ["fid", "kid"])  # fid, kid, is, prc
+    num_samples: int = 10000  # generated images; also the cap on reference images
+    split: str = "test"  # reference split of the checkpoint's dataset (held-out by default)
+    ema: bool = True  # G_ema (true) or the raw G
+    batch_size: int = 50
+    seed: int = 0
+    device: Device = Device.auto
+    data_root: Optional[str] = None  # where the reference data lives, if not where training found it
+    resolution: Optional[int] = None  # for real=/fake= folders: resize + center-crop to this size
+    kid_subset_size: int = 1000
+    download: bool = True  # fetch torch-fidelity's Inception weights when not cached
+
+
 def register_schemas() -> None:
     """Make the schemas available to the YAML defaults lists (`- schema_train`)."""
     store = ConfigStore.instance()
     store.store(name="schema_train", node=TrainConfig)
     store.store(name="schema_sample", node=SampleConfig)
+    store.store(name="schema_eval", node=EvalConfig)
 
 
 # building

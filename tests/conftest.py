@@ -90,3 +90,16 @@ def run_train(overrides: list[str], run_dir: Path):
     from ganrun.training import train
 
     return train(compose_train(overrides), run_dir=run_dir, overrides=overrides)
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run `ganrun ARGS` in-process; returns (exit code, stdout, stderr)."""
+    from ganrun.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

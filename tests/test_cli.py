@@ -15,20 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_train, tiny_overrides
+from conftest import cli, run_train, tiny_overrides
 from ganrun.checkpoint import LAST, load_checkpoint
-from ganrun.cli import main
 
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run `ganrun ARGS` in-process; returns (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
@@ -122,7 +111,11 @@ def test_unknown_command_and_eval(capsys):
     code, _, err = cli(capsys, "trian")
     assert_one_line_error(code, err, "unknown command 'trian'", "train, sample, eval")
     code, _, err = cli(capsys, "eval")
-    assert_one_line_error(code, err, "ganrun eval")
+    assert_one_line_error(code, err, "eval needs what to measure", "ckpt=")
+    code, _, err = cli(capsys, "eval", "ckpt=nowhere.pt")
+    assert_one_line_error(code, err, "nowhere.pt", "does not exist")
+    code, _, err = cli(capsys, "eval", "real=a", "fake=b", "metrics=[fid,fdi]")
+    assert_one_line_error(code, err, "unknown names ['fdi']", "metrics=[fid,kid]")
 
 
 # sampling

@@ -177,7 +177,7 @@ def test_wheel_ships_the_config_tree(tmp_path):
                    check=True, capture_output=True, timeout=300)
     wheel = next(tmp_path.glob("ganrun-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for required in ("ganrun/conf/train.yaml", "ganrun/conf/sample.yaml", "ganrun/conf/model/dcgan.yaml",
+    for required in ("ganrun/conf/train.yaml", "ganrun/conf/sample.yaml", "ganrun/conf/eval.yaml", "ganrun/conf/model/dcgan.yaml",
                      "ganrun/conf/dataset/mnist.yaml", "ganrun/conf/experiment/dcgan_celeba64.yaml", "ganrun/cli.py"):
         assert required in names
     target = tmp_path / "site"

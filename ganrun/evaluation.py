@@ -1,0 +1,143 @@
+"""`ganrun eval`: metrics of a checkpoint, of every checkpoint of a run, or of two image folders.
+
+Every number is printed with its protocol and stored with it: `eval.json` beside the checkpoint
+(one entry per checkpoint file) and an `eval/*` row in the run's metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ganrun.checkpoint import load_checkpoint, numbered_checkpoints, resolve_checkpoint_path, run_dir_of
+from ganrun.config import build, choice
+from ganrun.data import ImageData, cache_dir, load_image_folder
+from ganrun.errors import GanrunError
+from ganrun.hardware import choose_device
+from ganrun.metrics import (
+    RESIZE,
+    FeatureExtractor,
+    check_metric_names,
+    compute_metrics,
+    data_batches,
+    format_result,
+    generated_batches,
+    reference_features,
+    timed,
+)
+from ganrun.sampling import rebuild_from_checkpoint
+
+# helpers
+
+
+def load_reference_data(dataset_cfg: dict, *, split: str, root: Optional[str]) -> ImageData:
+    """The checkpoint's dataset, switched to the reference split (when the dataset has splits)."""
+    options = {key: value for key, value in dataset_cfg.items() if key != "source"}
+    if "split" in options:
+        options["split"] = split
+    if root is not None:
+        options["root"] = root
+    return build(options)
+
+
+def _update_json(path: Path, key: str, value: dict) -> None:
+    entries = json.loads(path.read_text()) if path.is_file() else {}
+    entries[key] = value
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps(entries, indent=2) + "\n")
+    temp.replace(path)
+
+
+# the command
+
+
+def evaluate(cfg: DictConfig) -> list[dict]:
+    metrics = check_metric_names(list(cfg.metrics))
+    if cfg.num_samples < 2:
+        raise GanrunError(f"num_samples must be >= 2, got {cfg.num_samples}")
+    device = choose_device(choice(cfg.device), cuda_available=torch.cuda.is_available())
+    extractor = FeatureExtractor(metrics=metrics, cache_dir=cache_dir(), allow_download=cfg.download, device=device)
+    if cfg.real is not None or cfg.fake is not None:
+        return [evaluate_folders(cfg, metrics, extractor)]
+    if cfg.run is not None:
+        run_dir = Path(cfg.run)
+        paths = numbered_checkpoints(run_dir / "checkpoints") or [resolve_checkpoint_path(run_dir)]
+        results = [evaluate_checkpoint(path, cfg, metrics, extractor) for path in paths]
+        print_table(results)
+        return results
+    return [evaluate_checkpoint(resolve_checkpoint_path(cfg.ckpt), cfg, metrics, extractor)]
+
+
+def evaluate_checkpoint(path: Path, cfg: DictConfig, metrics: list[str], extractor: FeatureExtractor) -> dict:
+    checkpoint = load_checkpoint(path)
+    step = int(checkpoint["progress"]["step"])
+    recipe, G, config = rebuild_from_checkpoint(path, device=extractor.device, use_ema=cfg.ema)
+    dataset_cfg = OmegaConf.to_container(config.dataset, resolve=True)
+    data = load_reference_data(dataset_cfg, split=cfg.split, root=cfg.data_root)
+    real, cache_status = reference_features(
+        extractor, data, dataset=dataset_cfg["name"], split=cfg.split, count=cfg.num_samples,
+        batch_size=cfg.batch_size, cache_dir=cache_dir(),
+    )
+    fake, fake_seconds = timed(
+        extractor,
+        generated_batches(recipe, G, count=cfg.num_samples, batch_size=cfg.batch_size, seed=cfg.seed, device=extractor.device),
+        total=cfg.num_samples, label=f"generated, step {step}",
+    )
+    values = compute_metrics(fake, real, metrics=metrics, kid_subset_size=cfg.kid_subset_size, seed=cfg.seed)
+    protocol = {
+        "generated": len(fake["2048"]),
+        "reference": len(real["2048"]),
+        "reference_data": f"{cfg.split} split requested; {data.source}",
+        "reference_cache": cache_status,
+        "generator": "G_ema" if cfg.ema else "G (raw)",
+        "resolution": data.resolution,
+        "preprocessing": RESIZE + ("; grayscale replicated to RGB" if data.channels == 1 else ""),
+        "feature_extractor": extractor.description,
+        "seed": cfg.seed,
+    }
+    result = {"checkpoint": str(path), "step": step, "metrics": values, "protocol": protocol,
+              "seconds_generated_side": round(fake_seconds, 1)}
+    print(f"{path} (step {step}): {format_result(values, protocol)}\n  time for the generated side: {fake_seconds:.1f} s")
+    _update_json(path.parent / "eval.json", path.name, result)
+    run_dir = run_dir_of(path)
+    if (run_dir / "metrics.jsonl").is_file():
+        row = {"step": step, **{f"eval/{name}": value for name, value in values.items()},
+               "eval/protocol": protocol, "eval/checkpoint": path.name, "time": round(time.time(), 3)}
+        with open(run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+    return result
+
+
+def evaluate_folders(cfg: DictConfig, metrics: list[str], extractor: FeatureExtractor) -> dict:
+    if cfg.real is None or cfg.fake is None:
+        raise GanrunError("comparing folders needs both: ganrun eval real=/path/to/real fake=/path/to/fake")
+    if cfg.resolution is None:
+        raise GanrunError("comparing folders needs resolution=N (images are resized and center-cropped to NxN first)")
+    features, data = {}, {}
+    for side in ("real", "fake"):
+        data[side] = load_image_folder(root=cfg[side], resolution=cfg.resolution)
+        count = min(cfg.num_samples, len(data[side]))
+        features[side] = extractor(data_batches(data[side], count=count, batch_size=cfg.batch_size), total=count, label=side)
+    values = compute_metrics(features["fake"], features["real"], metrics=metrics, kid_subset_size=cfg.kid_subset_size,
+                             seed=cfg.seed)
+    protocol = {
+        "fake": f"{len(features['fake']['2048'])} of {data['fake'].source}",
+        "real": f"{len(features['real']['2048'])} of {data['real'].source}",
+        "resolution": cfg.resolution,
+        "preprocessing": "shorter side resized (antialiased) and center-cropped, then " + RESIZE,
+        "feature_extractor": extractor.description,
+    }
+    print(format_result(values, protocol))
+    return {"metrics": values, "protocol": protocol}
+
+
+def print_table(results: list[dict]) -> None:
+    names = list(results[0]["metrics"]) if results else []
+    print("step".rjust(10) + "".join(name.rjust(12) for name in names))
+    for result in results:
+        print(str(result["step"]).rjust(10) + "".join(f"{result['metrics'][name]:12.4f}" for name in names))
