@@ -91,6 +91,18 @@ class LoggerConfig:
 
 
 @dataclass
+class TrainEvalConfig:
+    """In-training evaluation (rank 0), against the dataset's held-out split."""
+
+    every: int = 0  # steps between evaluations; 0 = off
+    metrics: list[str] = field(default_factory=lambda: ["fid"])
+    num_samples: int = 5000
+    split: str = "test"
+    best_metric: str = "fid"  # best.pt keeps the checkpoint where this was best
+    batch_size: int = 50
+
+
+@dataclass
 class TrainConfig:
     dataset: Any = MISSING
     model: Any = MISSING
@@ -98,6 +110,7 @@ class TrainConfig:
     optim: Any = MISSING
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)
     resume: Optional[str] = None
 
 
@@ -204,6 +217,17 @@ def validate_train_config(cfg: DictConfig) -> None:
         trainer.ema.half_life_kimg > 0,
         f"trainer.ema.half_life_kimg must be > 0, got {trainer.ema.half_life_kimg}",
     )
+    _require(cfg.eval.every >= 0, f"eval.every must be >= 0 (0 = no in-training evaluation), got {cfg.eval.every}")
+    if cfg.eval.every:
+        from ganrun.metrics import check_metric_names, metric_keys
+
+        metrics = check_metric_names(list(cfg.eval.metrics))
+        _require(
+            cfg.eval.best_metric in metric_keys(metrics),
+            f"eval.best_metric={cfg.eval.best_metric!r} is not among what eval.metrics={metrics} reports "
+            f"({', '.join(metric_keys(metrics))}); e.g. eval.best_metric=fid",
+        )
+        _require(cfg.eval.num_samples >= 2, f"eval.num_samples must be >= 2, got {cfg.eval.num_samples}")
     for key, value in _learning_rates(cfg.optim):
         _require(
             isinstance(value, (int, float)) and math.isfinite(value) and value > 0,

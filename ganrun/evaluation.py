@@ -27,6 +27,7 @@ from ganrun.metrics import (
     data_batches,
     format_result,
     generated_batches,
+    is_better,
     reference_features,
     timed,
 )
@@ -141,3 +142,51 @@ def print_table(results: list[dict]) -> None:
     print("step".rjust(10) + "".join(name.rjust(12) for name in names))
     for result in results:
         print(str(result["step"]).rjust(10) + "".join(f"{result['metrics'][name]:12.4f}" for name in names))
+
+
+class TrainingEvaluator:
+    """`eval.every` during training (rank 0): the same metrics and protocol as `ganrun eval`, on
+    G_ema, with reference features loaded (or computed and cached) once, at the first evaluation."""
+
+    def __init__(self, *, settings: DictConfig, dataset_cfg: dict, device: torch.device):
+        self.settings = settings
+        self.metrics = check_metric_names(list(settings.metrics))
+        self.dataset_cfg = dataset_cfg
+        self.device = device
+        self.extractor: Optional[FeatureExtractor] = None
+        self.real: Optional[dict] = None
+        self.best: Optional[float] = None
+        self.best_step: Optional[int] = None
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_step = state.get("best"), state.get("best_step")
+
+    def __call__(self, recipe, G: torch.nn.Module, *, step: int) -> tuple[dict[str, float], bool]:
+        """(scalars to log, whether this step is the best so far by eval.best_metric)."""
+        start = time.perf_counter()
+        if self.extractor is None:
+            self.extractor = FeatureExtractor(metrics=self.metrics, cache_dir=cache_dir(), allow_download=True, device=self.device)
+            data = load_reference_data(self.dataset_cfg, split=self.settings.split, root=None)
+            self.real, _ = reference_features(
+                self.extractor, data, dataset=self.dataset_cfg["name"], split=self.settings.split,
+                count=self.settings.num_samples, batch_size=self.settings.batch_size, cache_dir=cache_dir(),
+            )
+        was_training = G.training
+        G.eval()
+        fake = self.extractor(
+            generated_batches(recipe, G, count=self.settings.num_samples, batch_size=self.settings.batch_size, seed=0,
+                              device=self.device),
+            total=self.settings.num_samples, label=f"eval at step {step}",
+        )
+        G.train(was_training)
+        values = compute_metrics(fake, self.real, metrics=self.metrics)
+        key = self.settings.best_metric
+        improved = is_better(key, values[key], self.best)
+        if improved:
+            self.best, self.best_step = values[key], step
+        scalars = {f"eval/{name}": value for name, value in values.items()}
+        scalars["eval/seconds"] = time.perf_counter() - start
+        return scalars, improved

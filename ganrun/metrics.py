@@ -25,6 +25,9 @@ from ganrun.errors import GanrunError
 from ganrun.inception import find_inception_weights, load_feature_extractor
 
 METRICS = ("fid", "kid", "is", "prc")
+# What each metric name reports, and which of those numbers grow with quality.
+REPORTS = {"fid": ["fid"], "kid": ["kid_mean", "kid_std"], "is": ["is_mean", "is_std"], "prc": ["precision", "recall"]}
+HIGHER_IS_BETTER = {"is_mean", "precision", "recall"}
 RESIZE = "uint8 images, torch-fidelity's TF1-compatible bilinear resize to 299x299"
 POOL_FEATURES = "2048"
 LOGITS = "logits_unbiased"
@@ -38,6 +41,16 @@ def check_metric_names(metrics: Sequence[str]) -> list[str]:
     if unknown or not names:
         raise GanrunError(f"metrics={list(metrics)} has unknown names {unknown}; choose from {list(METRICS)}, e.g. metrics=[fid,kid]")
     return names
+
+
+def metric_keys(metrics: Sequence[str]) -> list[str]:
+    return [key for name in metrics for key in REPORTS[name]]
+
+
+def is_better(key: str, value: float, best: Optional[float]) -> bool:
+    if best is None:
+        return True
+    return value > best if key in HIGHER_IS_BETTER else value < best
 
 
 def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from torchvision.utils import save_image
 from ganrun import __version__, distributed
 from ganrun.checkpoint import (
     FORMAT,
+    atomic_save,
     capture_rng,
     load_checkpoint,
     resolve_checkpoint_path,
@@ -29,6 +30,7 @@ from ganrun.checkpoint import (
 from ganrun.config import TrainConfig, build, choice, to_plain, validate_train_config
 from ganrun.data import Batches, ImageData
 from ganrun.ema import EMA
+from ganrun.evaluation import TrainingEvaluator
 from ganrun.errors import GanrunError, TrainingDiverged
 from ganrun.hardware import choose_device, choose_precision, cpu_supports_bf16, describe, use_channels_last
 from ganrun.recipes.base import Recipe, Stepper
@@ -315,12 +317,14 @@ def train(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> Train
         save_image(images, path, nrow=_grid_rows(len(images)), normalize=True, value_range=(-1, 1))
         tracker.log_image(progress.step, "samples", path)
 
-    def save_checkpoint() -> None:
-        monitor.raise_if_nonfinite()  # never overwrite a good checkpoint with a diverged one
-        rng_states = distributed.gather_objects(capture_rng())
-        if tracker is None:
-            return
-        payload = {
+    evaluator: Optional[TrainingEvaluator] = None
+    if cfg.eval.every and context.is_main:
+        evaluator = TrainingEvaluator(settings=cfg.eval, dataset_cfg=plain_config["dataset"], device=device)
+        if checkpoint is not None:
+            evaluator.load_state_dict(checkpoint.get("eval", {}))
+
+    def checkpoint_payload(rng_states: list) -> dict:
+        return {
             "format": FORMAT,
             "ganrun_version": __version__,
             "config": plain_config,
@@ -332,9 +336,31 @@ def train(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> Train
             "grid": grid,
             "rng": rng_states,
             "tracker": {"run_id": tracker.run_id},
+            "eval": evaluator.state_dict() if evaluator is not None else {},
         }
-        write_checkpoint(payload, checkpoint_dir, step=progress.step, keep_last=trainer.keep_last)
 
+    def save_checkpoint() -> None:
+        monitor.raise_if_nonfinite()  # never overwrite a good checkpoint with a diverged one
+        rng_states = distributed.gather_objects(capture_rng())  # a collective: every rank takes part
+        if tracker is None:
+            return
+        write_checkpoint(checkpoint_payload(rng_states), checkpoint_dir, step=progress.step, keep_last=trainer.keep_last)
+
+    def evaluate() -> None:
+        """Rank 0 measures G_ema; best.pt keeps the best state by eval.best_metric."""
+        if evaluator is not None and tracker is not None:
+            monitor.raise_if_nonfinite()
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # eval draws no training randomness
+                scalars, improved = evaluator(recipe, ema.module, step=progress.step)
+            tracker.log(progress.step, scalars)
+            key = cfg.eval.best_metric
+            if improved:
+                # rank 0's RNG state only: resuming from best.pt under DDP reuses it for every rank
+                atomic_save(checkpoint_payload([capture_rng()]), checkpoint_dir / "best.pt")
+                tracker.summary({f"eval/best_{key}": evaluator.best, "eval/best_step": progress.step})
+            tracker.note(f"eval at step {progress.step}: {key} {scalars[f'eval/{key}']:.4g} "
+                         f"(best {evaluator.best:.4g} at step {evaluator.best_step}; {scalars['eval/seconds']:.0f} s)")
+        distributed.barrier()
     monitor = LossMonitor()
     stopped_by: Optional[int] = None
     exit_code = 1
@@ -365,6 +391,8 @@ def train(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> Train
                 side_start = time.perf_counter()
                 if trainer.sample_every and (progress.step % trainer.sample_every == 0 or last_step):
                     save_samples()
+                if cfg.eval.every and (progress.step % cfg.eval.every == 0 or last_step):
+                    evaluate()
                 if progress.step % trainer.ckpt_every == 0 or last_step:
                     save_checkpoint()
                 side_time += time.perf_counter() - side_start

@@ -154,3 +154,28 @@ def test_inception_score_is_refused_without_the_logits_layer(capsys, trained_run
     code, _, err = cli(capsys, "eval", f"ckpt={trained_run}", "metrics=[is]", "download=false", "num_samples=8")
     assert code == 2
     assert "Inception Score needs the logits layer" in err and len(err.strip().splitlines()) == 1
+
+
+def test_in_training_evaluation_logs_and_keeps_best(mnist_root, tmp_path):
+    from ganrun.checkpoint import load_checkpoint
+
+    run_dir = tmp_path / "run"
+    evaluation = {"eval.every": 2, "eval.num_samples": 16, "eval.batch_size": 8, "eval.metrics": "[fid,prc]",
+                  "eval.best_metric": "fid"}
+    run_train(tiny_overrides(mnist_root, **evaluation), run_dir)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [row for row in rows if "eval/fid" in row]
+    assert [row["step"] for row in evals] == [2, 4]
+    assert all(row["eval/seconds"] > 0 and "eval/precision" in row for row in evals)
+    assert all("eval/fid" not in row for row in rows if "img_per_s" in row)  # eval time kept apart from throughput
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    best_fid = min(row["eval/fid"] for row in evals)
+    assert best["eval"]["best"] == best_fid
+    assert best["progress"]["step"] == next(row["step"] for row in evals if row["eval/fid"] == best_fid)
+    assert load_checkpoint(run_dir / "checkpoints" / LAST)["eval"]["best"] == best_fid
+
+
+def test_best_metric_must_be_one_that_is_computed(capsys, mnist_root):
+    code, _, err = cli(capsys, "train", *tiny_overrides(mnist_root, **{"eval.every": 2, "eval.best_metric": "precision"}))
+    assert code == 2
+    assert "eval.best_metric='precision'" in err and "fid" in err and len(err.strip().splitlines()) == 1
