@@ -30,8 +30,8 @@ from ganrun.checkpoint import (
 from ganrun.config import TrainConfig, build, choice, to_plain, validate_train_config
 from ganrun.data import Batches, ImageData
 from ganrun.ema import EMA
-from ganrun.evaluation import TrainingEvaluator
 from ganrun.errors import GanrunError, TrainingDiverged
+from ganrun.evaluation import TrainingEvaluator
 from ganrun.hardware import choose_device, choose_precision, cpu_supports_bf16, describe, use_channels_last
 from ganrun.recipes.base import Recipe, Stepper
 from ganrun.tracking import Tracker, truncate_metrics
@@ -348,8 +348,8 @@ def train(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> Train
 
     def evaluate() -> None:
         """Rank 0 measures G_ema; best.pt keeps the best state by eval.best_metric."""
+        monitor.raise_if_nonfinite()  # a collective too: every rank checks before rank 0 measures
         if evaluator is not None and tracker is not None:
-            monitor.raise_if_nonfinite()
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # eval draws no training randomness
                 scalars, improved = evaluator(recipe, ema.module, step=progress.step)
             tracker.log(progress.step, scalars)
@@ -361,6 +361,7 @@ def train(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> Train
             tracker.note(f"eval at step {progress.step}: {key} {scalars[f'eval/{key}']:.4g} "
                          f"(best {evaluator.best:.4g} at step {evaluator.best_step}; {scalars['eval/seconds']:.0f} s)")
         distributed.barrier()
+
     monitor = LossMonitor()
     stopped_by: Optional[int] = None
     exit_code = 1
