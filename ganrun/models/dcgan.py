@@ -2,9 +2,15 @@
 
 64x64 is exactly the paper's (and pytorch/examples') network; other resolutions add or
 remove stride-2 stages: 28 (MNIST) starts from 7x7, 32/64/128 from 4x4.
+
+Conditional (`num_classes > 0`, Mirza & Osindero 2014): G sees a learned class embedding
+concatenated to z; D adds a projection term `<embed(y), sum-pooled features>` to its logit
+(Miyato & Koyama 2018).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import nn
@@ -47,16 +53,19 @@ def init_dcgan_weights(module: nn.Module) -> None:
 
 
 class Generator(nn.Module):
-    """z (N, z_dim) -> image (N, channels, resolution, resolution) in [-1, 1]."""
+    """z (N, z_dim) [, labels (N,)] -> image (N, channels, resolution, resolution) in [-1, 1]."""
 
-    def __init__(self, *, z_dim: int = 100, resolution: int = 64, channels: int = 3, width: int = 64):
+    def __init__(self, *, z_dim: int = 100, resolution: int = 64, channels: int = 3, width: int = 64, num_classes: int = 0):
         super().__init__()
         self.z_dim = z_dim
+        # The label embedding is as wide as z, so 100 noise dims do not drown it.
+        self.embed = nn.Embedding(num_classes, z_dim) if num_classes else None
+        input_dim = 2 * z_dim if num_classes else z_dim
         stages = _num_stages(resolution)
         start = START_SIZE[resolution]
         widths = [width * 2 ** (stages - 1 - i) for i in range(stages)]  # e.g. 512, 256, 128, 64
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(z_dim, widths[0], start, 1, 0, bias=False),
+            nn.ConvTranspose2d(input_dim, widths[0], start, 1, 0, bias=False),
             nn.BatchNorm2d(widths[0]),
             nn.ReLU(True),
         ]
@@ -66,14 +75,16 @@ class Generator(nn.Module):
         self.main = nn.Sequential(*layers)
         init_dcgan_weights(self)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.main(z.view(z.shape[0], self.z_dim, 1, 1))
+    def forward(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.embed is not None:
+            z = torch.cat([z, self.embed(labels)], dim=1)
+        return self.main(z.view(z.shape[0], -1, 1, 1))
 
 
 class Discriminator(nn.Module):
-    """image -> one real/fake logit per image (N,). No sigmoid: losses work on logits."""
+    """image [, labels (N,)] -> one real/fake logit per image (N,). No sigmoid: losses work on logits."""
 
-    def __init__(self, *, resolution: int = 64, channels: int = 3, width: int = 64):
+    def __init__(self, *, resolution: int = 64, channels: int = 3, width: int = 64, num_classes: int = 0):
         super().__init__()
         stages = _num_stages(resolution)
         start = START_SIZE[resolution]
@@ -84,6 +95,14 @@ class Discriminator(nn.Module):
         layers += [nn.Conv2d(widths[-1], 1, start, 1, 0, bias=False)]
         self.main = nn.Sequential(*layers)
         init_dcgan_weights(self)
+        # Projection: the real/fake logit stays DCGAN's final conv; the class term is added to it.
+        self.embed = nn.Embedding(num_classes, widths[-1]) if num_classes else None
+        if self.embed is not None:
+            nn.init.normal_(self.embed.weight, 0.0, 0.02)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.main(image).flatten()
+    def forward(self, image: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.embed is None:
+            return self.main(image).flatten()
+        features = self.main[:-1](image)
+        logits = self.main[-1](features).flatten()
+        return logits + (self.embed(labels) * features.sum(dim=(2, 3))).sum(dim=1)
