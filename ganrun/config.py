@@ -151,6 +151,9 @@ def register_schemas() -> None:
     """Make the schemas available to the YAML defaults lists (`- schema_train`)."""
     store = ConfigStore.instance()
     store.store(name="schema_train", node=TrainConfig)
+    # The results also go to the W&B summary of the checkpoint's own training run (resumed by its
+    # id); auto = as training decided (online with credentials, else offline), disabled = off.
+    wandb: LoggerMode = LoggerMode.auto
     store.store(name="schema_sample", node=SampleConfig)
     store.store(name="schema_eval", node=EvalConfig)
 

@@ -70,8 +70,14 @@ def evaluate(cfg: DictConfig) -> list[dict]:
         paths = numbered_checkpoints(run_dir / "checkpoints") or [resolve_checkpoint_path(run_dir)]
         results = [evaluate_checkpoint(path, cfg, metrics, extractor) for path in paths]
         print_table(results)
+        plot = plot_metrics(results, run_dir_of(paths[-1]) / "eval_vs_step.png")
+        print(f"plot: {plot}")
+        publish_to_wandb(results, checkpoint_path=paths[-1], requested_mode=choice(cfg.wandb), plot=plot)
         return results
-    return [evaluate_checkpoint(resolve_checkpoint_path(cfg.ckpt), cfg, metrics, extractor)]
+    path = resolve_checkpoint_path(cfg.ckpt)
+    results = [evaluate_checkpoint(path, cfg, metrics, extractor)]
+    publish_to_wandb(results, checkpoint_path=path, requested_mode=choice(cfg.wandb))
+    return results
 
 
 def evaluate_checkpoint(path: Path, cfg: DictConfig, metrics: list[str], extractor: FeatureExtractor) -> dict:
@@ -142,6 +148,69 @@ def print_table(results: list[dict]) -> None:
     print("step".rjust(10) + "".join(name.rjust(12) for name in names))
     for result in results:
         print(str(result["step"]).rjust(10) + "".join(f"{result['metrics'][name]:12.4f}" for name in names))
+
+
+def plot_metrics(results: list[dict], path: Path) -> Path:
+    """One panel per metric against the training step (the `run=` table, drawn)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers
+    import matplotlib.pyplot as plt
+
+    names = [name for name in results[0]["metrics"] if not name.endswith("_std")]
+    steps = [result["step"] for result in results]
+    figure, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3), squeeze=False)
+    for axis, name in zip(axes[0], names):
+        axis.plot(steps, [result["metrics"][name] for result in results], marker="o")
+        axis.set_xlabel("step")
+        axis.set_title(name)
+        axis.grid(alpha=0.3)
+    protocol = results[-1]["protocol"]
+    figure.suptitle(f"{protocol['generator']}, {protocol['generated']} generated vs {protocol['reference']} reference images",
+                    fontsize=9)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def publish_to_wandb(results: list[dict], *, checkpoint_path: Path, requested_mode: str, plot: Optional[Path] = None) -> None:
+    """Put the numbers and their protocol into the W&B summary of the run that made the checkpoint.
+
+    The training run is resumed by its id, so the metrics sit beside its losses; a run trained
+    without W&B gets nothing unless `wandb=online|offline` asks for a new run."""
+    from ganrun.tracking import Tracker
+
+    checkpoint = load_checkpoint(checkpoint_path)
+    run_id = checkpoint.get("tracker", {}).get("run_id")
+    logger_cfg = OmegaConf.create(checkpoint["config"].get("logger", {"mode": "auto", "project": "ganrun"}))
+    if requested_mode != "auto":
+        logger_cfg.mode = requested_mode
+    elif run_id is None:
+        return
+    OmegaConf.set_struct(logger_cfg, False)
+    for key, default in (("project", "ganrun"), ("entity", None), ("name", None), ("tags", []), ("init_timeout", 30.0)):
+        logger_cfg.setdefault(key, default)
+    last = results[-1]
+    tracker = Tracker(run_dir=run_dir_of(checkpoint_path), config=checkpoint["config"], logger_cfg=logger_cfg,
+                      max_steps=last["step"], start_step=last["step"], resume_run_id=run_id, show_progress=False)
+    try:
+        if tracker.wandb_run is None:
+            return
+        tracker.summary({**{f"eval/{name}": value for name, value in last["metrics"].items()},
+                         "eval/step": last["step"], "eval/protocol": last["protocol"]})
+        if len(results) > 1:
+            import wandb
+
+            names = list(last["metrics"])
+            table = wandb.Table(columns=["step", *names],
+                                data=[[result["step"], *(result["metrics"][name] for name in names)] for result in results])
+            media = {"eval/by_step": table, **({"eval/plot": wandb.Image(str(plot))} if plot is not None else {})}
+            tracker.wandb_run.log(media)  # media go in a row of their own; the summary keeps the scalars
+        tracker.note(f"W&B summary of run {tracker.run_id} updated with eval/*")
+    finally:
+        tracker.finish()
 
 
 class TrainingEvaluator:

@@ -70,6 +70,7 @@ class Tracker:
         start_step: int,
         resume_run_id: Optional[str] = None,
         console: Optional[Console] = None,
+        show_progress: bool = True,
     ):
         self.run_dir = run_dir
         self.console = console or Console(stderr=False, soft_wrap=True)
@@ -80,7 +81,7 @@ class Tracker:
         self._init_wandb(config, logger_cfg, resume_run_id)
         self.interactive = self.console.is_terminal
         self.progress: Optional[Progress] = None
-        if self.interactive:
+        if self.interactive and show_progress:
             self.progress = Progress(
                 TextColumn("step {task.completed}/{task.total}"),
                 BarColumn(),

@@ -179,3 +179,23 @@ def test_best_metric_must_be_one_that_is_computed(capsys, mnist_root):
     code, _, err = cli(capsys, "train", *tiny_overrides(mnist_root, **{"eval.every": 2, "eval.best_metric": "precision"}))
     assert code == 2
     assert "eval.best_metric='precision'" in err and "fid" in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_of_a_run_draws_the_table_and_updates_the_training_runs_wandb_summary(capsys, mnist_root, tmp_path,
+                                                                                    monkeypatch):
+    monkeypatch.delenv("WANDB_MODE")
+    run_dir = tmp_path / "run"
+    run_train(tiny_overrides(mnist_root, **{"logger.mode": "offline"}), run_dir)
+    from ganrun.checkpoint import load_checkpoint
+
+    run_id = load_checkpoint(run_dir / "checkpoints" / LAST)["tracker"]["run_id"]
+    code, out, err = cli(capsys, "eval", f"run={run_dir}", "num_samples=16", "batch_size=8", "metrics=[fid]", "download=false")
+    assert code == 0, err
+    table = [line.split() for line in out.splitlines() if line.strip() and line.split()[0].isdigit()]
+    assert [int(row[0]) for row in table] == [2, 4]
+    assert (run_dir / "eval_vs_step.png").stat().st_size > 1000
+    # Offline, W&B keeps the run as protobuf records (no Python reader ships with wandb): the
+    # evaluation resumed the training run's id and its records carry the eval/* summary keys.
+    records = [path.read_bytes() for path in sorted((run_dir / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))]
+    assert len(records) == 2 and b"eval/fid" not in records[0]
+    assert all(key in records[1] for key in (b"eval/fid", b"eval/step", b"eval/protocol", b"eval/by_step"))
