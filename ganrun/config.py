@@ -76,6 +76,8 @@ class TrainerConfig:
     keep_last: int = 3
     grid_size: int = 64
     num_workers: int = 2  # only for datasets streamed from disk
+    # D steps per G step; null = the loss's own (5 for wgan/wgan_gp, else 1). max_steps counts G steps.
+    n_critic: Optional[int] = None
     ema: EMAConfig = field(default_factory=EMAConfig)
 
 
@@ -112,6 +114,8 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)
     resume: Optional[str] = None
+    # Class-conditional training: model.num_classes becomes dataset.num_classes (classes_if).
+    conditional: bool = False
 
 
 @dataclass
@@ -126,6 +130,8 @@ class SampleConfig:
     save_individual: bool = False
     ema: bool = True  # sample from G_ema (true) or the raw G (false)
     device: Device = Device.auto
+    # Conditional checkpoints: one row per listed class (labels=[0,1,2]); null = every class in turn.
+    labels: Optional[list[int]] = None
 
 
 @dataclass
@@ -145,17 +151,27 @@ class EvalConfig:
     resolution: Optional[int] = None  # for real=/fake= folders: resize + center-crop to this size
     kid_subset_size: int = 1000
     download: bool = True  # fetch torch-fidelity's Inception weights when not cached
+    # The results also go to the W&B summary of the checkpoint's own training run (resumed by its
+    # id); auto = as training decided (online with credentials, else offline), disabled = off.
+    wandb: LoggerMode = LoggerMode.auto
 
 
 def register_schemas() -> None:
     """Make the schemas available to the YAML defaults lists (`- schema_train`)."""
     store = ConfigStore.instance()
     store.store(name="schema_train", node=TrainConfig)
-    # The results also go to the W&B summary of the checkpoint's own training run (resumed by its
-    # id); auto = as training decided (online with credentials, else offline), disabled = off.
-    wandb: LoggerMode = LoggerMode.auto
     store.store(name="schema_sample", node=SampleConfig)
     store.store(name="schema_eval", node=EvalConfig)
+    OmegaConf.register_new_resolver("classes_if", classes_if, replace=True)
+
+
+def classes_if(conditional: bool, num_classes: int) -> int:
+    """`${classes_if:${conditional},${dataset.num_classes}}`: the class count when training conditionally, else 0."""
+    if not conditional:
+        return 0
+    if num_classes < 1:
+        raise GanrunError("conditional=true needs a dataset with labels (dataset.num_classes > 0); pick e.g. dataset=mnist or drop conditional=true")
+    return num_classes
 
 
 # building
@@ -231,6 +247,19 @@ def validate_train_config(cfg: DictConfig) -> None:
             f"({', '.join(metric_keys(metrics))}); e.g. eval.best_metric=fid",
         )
         _require(cfg.eval.num_samples >= 2, f"eval.num_samples must be >= 2, got {cfg.eval.num_samples}")
+    _require(
+        trainer.n_critic is None or trainer.n_critic >= 1,
+        f"trainer.n_critic must be >= 1 (or null for the loss's own), got {trainer.n_critic}",
+    )
+    _require(
+        not cfg.conditional or cfg.dataset.get("num_classes", 0) > 0,
+        f"conditional=true needs a dataset with labels, but dataset={cfg.dataset.get('name')} has num_classes=0; "
+        "pick e.g. dataset=mnist or drop conditional=true",
+    )
+    decay = cfg.optim.get("decay", "none")
+    _require(decay in ("none", "linear"), f"optim.decay must be none or linear, got {decay!r}")
+    decay_start = cfg.optim.get("decay_start", 0.0)
+    _require(0.0 <= decay_start < 1.0, f"optim.decay_start must be a fraction in [0, 1), got {decay_start}")
     for key, value in _learning_rates(cfg.optim):
         _require(
             isinstance(value, (int, float)) and math.isfinite(value) and value > 0,

@@ -15,7 +15,6 @@ import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
-from torchvision.utils import save_image
 
 from ganrun import __version__, distributed
 from ganrun.checkpoint import (
@@ -314,7 +313,7 @@ def train(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> Train
             images = recipe.render(ema.module, {k: v.to(device) for k, v in grid.items()}).float()
         path = samples_dir / f"step_{progress.step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(images, path, nrow=_grid_rows(len(images)), normalize=True, value_range=(-1, 1))
+        recipe.save_grid(images, path, nrow=_grid_rows(len(images)))
         tracker.log_image(progress.step, "samples", path)
 
     evaluator: Optional[TrainingEvaluator] = None
@@ -372,12 +371,18 @@ def train(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> Train
                 if signals.should_stop():
                     stopped_by = signals.received
                     break
-                batch = next(batches)
+                # A recipe with n_critic D steps per G step takes n_critic batches at once.
+                parts = [next(batches) for _ in range(recipe.batches_per_step)]
+                batch = parts[0] if len(parts) == 1 else {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+                stepper.step_index = progress.step
                 terms = recipe.train_step(batch, stepper)
+                for scheduler in recipe.schedulers.values():
+                    scheduler.step()
+                step_images = trainer.batch_size * len(parts)
                 progress.step += 1
-                progress.images_seen += trainer.batch_size
-                window_images += trainer.batch_size
-                ema.update(recipe.generator, images_seen=progress.images_seen, batch_size=trainer.batch_size)
+                progress.images_seen += step_images
+                window_images += step_images
+                ema.update(recipe.generator, images_seen=progress.images_seen, batch_size=step_images)
                 monitor.add(progress.step, terms)
                 last_step = progress.step == trainer.max_steps
                 if progress.step % trainer.log_every == 0 or last_step:

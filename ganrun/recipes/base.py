@@ -8,10 +8,14 @@ which optimizer. A new family is a new recipe, never a new branch in the loop.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
+from torchvision.utils import save_image
+
+from ganrun.errors import GanrunError
 
 
 class Stepper:
@@ -29,6 +33,9 @@ class Stepper:
         self.autocast_dtype = autocast_dtype
         self.optimizers = optimizers
         self.scalers = scalers
+        # The 0-based index of the step being taken; the loop sets it before every train_step
+        # (lazy regularizers and annealed schedules read it).
+        self.step_index = 0
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(
@@ -73,6 +80,8 @@ class Recipe:
 
     # The network whose EMA copy the loop keeps and samples from.
     generator_name = "G"
+    # Class-conditional recipes set this > 0; `ganrun sample labels=[...]` needs it.
+    num_classes = 0
 
     def __init__(self) -> None:
         self.networks: dict[str, nn.Module] = {}
@@ -86,6 +95,29 @@ class Recipe:
     @property
     def generator(self) -> nn.Module:
         return self.networks[self.generator_name]
+
+    @property
+    def batches_per_step(self) -> int:
+        """Batches the loop concatenates (dim 0) into one train_step's batch, e.g. n_critic."""
+        return 1
+
+    def bind_optimizers(self, optim: dict[str, Any]) -> None:
+        """Bind the optimizer partials in `optim` (one per network name) and its LR schedule.
+
+        `optim.decay=linear` decays every learning rate linearly to 0 from `decay_start`
+        (a fraction of `total_steps`) on; the loop steps the schedulers once per train_step.
+        """
+        self.optimizers = {name: optim[name](network.parameters()) for name, network in self.networks.items()}
+        self.schedulers = linear_decay_schedulers(
+            self.optimizers,
+            decay=optim.get("decay", "none"),
+            decay_start=optim.get("decay_start", 0.0),
+            total_steps=optim.get("total_steps", 1),
+        )
+
+    def save_grid(self, outputs: torch.Tensor, path: Path, *, nrow: int) -> None:
+        """Write rendered outputs as one picture (toy 2-D recipes draw a scatter plot instead)."""
+        save_image(outputs, path, nrow=nrow, normalize=True, value_range=(-1, 1))
 
     def to(self, device: torch.device, *, channels_last: bool) -> None:
         for network in self.networks.values():
@@ -129,3 +161,24 @@ class Recipe:
     def render(self, G: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Images in [-1, 1] from the generator and grid inputs."""
         raise NotImplementedError
+
+
+# helpers
+
+
+def linear_decay_schedulers(
+    optimizers: dict[str, torch.optim.Optimizer], *, decay: str, decay_start: float, total_steps: int
+) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
+    """LambdaLR schedulers: constant until decay_start * total_steps, then linearly to 0 at total_steps."""
+    if decay == "none":
+        return {}
+    if decay != "linear":
+        raise GanrunError(f"optim.decay must be none or linear, got {decay!r}")
+    if not 0.0 <= decay_start < 1.0:
+        raise GanrunError(f"optim.decay_start must be a fraction in [0, 1), got {decay_start}")
+    start = int(decay_start * total_steps)
+
+    def factor(step: int) -> float:
+        return max(0.0, min(1.0, (total_steps - step) / max(1, total_steps - start)))
+
+    return {name: torch.optim.lr_scheduler.LambdaLR(optimizer, factor) for name, optimizer in optimizers.items()}
