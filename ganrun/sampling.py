@@ -63,12 +63,17 @@ def sample(cfg: DictConfig) -> list[Path]:
     recipe, G, _ = rebuild_from_checkpoint(path, device=device, use_ema=cfg.ema)
     generator = torch.Generator().manual_seed(cfg.seed)
     which = "ema" if cfg.ema else "raw"
+    labels = list(cfg.labels) if cfg.labels is not None else None
+    if labels is not None and not recipe.num_classes:
+        raise GanrunError(f"labels={labels} needs a conditional checkpoint; {path} was trained without classes (drop labels=)")
+    # Conditional recipes draw one row per listed class; the others take no labels.
+    by_label = {"labels": labels} if labels is not None else {}
 
     if cfg.interpolate:
         steps = cfg.interpolation_steps
         rows = max(1, cfg.n // steps)
-        start = recipe.grid_inputs(rows, generator=generator)
-        end = recipe.grid_inputs(rows, generator=generator)
+        start = recipe.grid_inputs(rows, generator=generator, **by_label)
+        end = recipe.grid_inputs(rows, generator=generator, **by_label)
         walk = slerp(start["z"], end["z"], torch.linspace(0, 1, steps)).reshape(rows * steps, -1)
         # Other inputs (class labels, for conditional recipes) stay those of the walk's start.
         inputs = {key: value.repeat_interleave(steps, dim=0) for key, value in start.items() if key != "z"}
@@ -76,8 +81,9 @@ def sample(cfg: DictConfig) -> list[Path]:
         nrow = steps
         default_name = f"interpolate_seed{cfg.seed}_{which}.png"
     else:
-        inputs = recipe.grid_inputs(cfg.n, generator=generator)
-        nrow = cfg.nrow or max(1, int(math.sqrt(cfg.n)))
+        inputs = recipe.grid_inputs(cfg.n, generator=generator, **by_label)
+        # With labels, each row is one class: n // len(labels) samples per row.
+        nrow = cfg.nrow or (max(1, cfg.n // len(labels)) if labels else max(1, int(math.sqrt(cfg.n))))
         default_name = f"sample_n{cfg.n}_seed{cfg.seed}_{which}.png"
 
     images = torch.cat(
@@ -86,7 +92,6 @@ def sample(cfg: DictConfig) -> list[Path]:
             for i in range(0, len(inputs["z"]), 256)
         ]
     )
-    images = images.add(1).div(2).clamp(0, 1)
 
     if cfg.save_individual:
         folder = Path(cfg.out) if cfg.out else _default_out(path, f"individual_seed{cfg.seed}_{which}")
@@ -94,7 +99,7 @@ def sample(cfg: DictConfig) -> list[Path]:
         written = []
         for index, image in enumerate(images):
             target = folder / f"{index:06d}.png"
-            save_image(image, target)
+            save_image(image.add(1).div(2).clamp(0, 1), target)
             written.append(target)
         print(f"wrote {len(written)} images to {folder}")
         return written
@@ -102,7 +107,7 @@ def sample(cfg: DictConfig) -> list[Path]:
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise GanrunError(f"out={cfg.out!r} must end in .png or .jpg (or pass save_individual=true for a folder)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images, out, nrow=nrow)
+    recipe.save_grid(images, out, nrow=nrow)
     print(f"wrote {out} ({len(images)} images, step {int(load_step(path))})")
     return [out]
 
