@@ -54,7 +54,7 @@ class ImageData:
     """A dataset ready for training: in memory (`images`) or streamed from `files`."""
 
     source: str  # what was loaded, from where: recorded in the run's config and W&B
-    images: Optional[torch.Tensor] = None  # uint8 (N, C, H, W)
+    images: Optional[torch.Tensor] = None  # uint8 (N, C, H, W), or float points (N, D) (ganrun.toy)
     labels: Optional[torch.Tensor] = None  # int64 (N,)
     files: Optional[list[Path]] = None
     resolution: int = 0
@@ -630,6 +630,8 @@ class Batches:
 
     def _to_float(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)
+        if images.is_floating_point():  # toy points are model-ready coordinates, not pixels
+            return images
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images.float().div_(127.5).sub_(1.0)

@@ -220,6 +220,8 @@ def train(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> Train
     with open_dict(cfg):
         cfg.dataset.source = data.source
     recipe: Recipe = build(cfg.model, loss=build(cfg.loss), optim=build(cfg.optim))
+    # What the real data looks like in plots of 2-D outputs (toy mixtures: their mode centres).
+    recipe.scatter_reference = getattr(data, "scatter_reference", None)
     channels_last = use_channels_last(trainer.channels_last, *recipe.networks.values())
     recipe.to(device, channels_last=channels_last)
     ema = EMA(
@@ -316,6 +318,16 @@ def train(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> Train
         recipe.save_grid(images, path, nrow=_grid_rows(len(images)))
         tracker.log_image(progress.step, "samples", path)
 
+    def log_diagnostics() -> None:
+        """Scalars a dataset computes from G_ema samples, when it offers them (toy mixtures:
+        modes/covered, modes/high_quality), on fixed inputs so the values compare across steps."""
+        if tracker is None or not hasattr(data, "diagnostics"):
+            return
+        inputs = recipe.grid_inputs(data.diagnostic_samples, generator=torch.Generator().manual_seed(trainer.seed + 1))
+        with torch.no_grad():
+            samples = recipe.render(ema.module, {k: v.to(device) for k, v in inputs.items()}).float()
+        tracker.log(progress.step, data.diagnostics(samples))
+
     evaluator: Optional[TrainingEvaluator] = None
     if cfg.eval.every and context.is_main:
         evaluator = TrainingEvaluator(settings=cfg.eval, dataset_cfg=plain_config["dataset"], device=device)
@@ -397,6 +409,7 @@ def train(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> Train
                 side_start = time.perf_counter()
                 if trainer.sample_every and (progress.step % trainer.sample_every == 0 or last_step):
                     save_samples()
+                    log_diagnostics()
                 if cfg.eval.every and (progress.step % cfg.eval.every == 0 or last_step):
                     evaluate()
                 if progress.step % trainer.ckpt_every == 0 or last_step:

@@ -82,6 +82,9 @@ class Recipe:
     generator_name = "G"
     # Class-conditional recipes set this > 0; `ganrun sample labels=[...]` needs it.
     num_classes = 0
+    # Keyword arguments of ganrun.toy.save_scatter for 2-D outputs (mode centres, std); the
+    # loop copies them from the dataset's `scatter_reference` when it has one.
+    scatter_reference: dict | None = None
 
     def __init__(self) -> None:
         self.networks: dict[str, nn.Module] = {}
@@ -116,7 +119,13 @@ class Recipe:
         )
 
     def save_grid(self, outputs: torch.Tensor, path: Path, *, nrow: int) -> None:
-        """Write rendered outputs as one picture (toy 2-D recipes draw a scatter plot instead)."""
+        """Write rendered outputs as one picture: an image grid, or for 2-D points (N, 2) a
+        scatter plot over `scatter_reference` (the toy data's mode centres, when known)."""
+        if outputs.ndim == 2:
+            from ganrun.toy import save_scatter
+
+            save_scatter(outputs, path, **(self.scatter_reference or {}))
+            return
         save_image(outputs, path, nrow=nrow, normalize=True, value_range=(-1, 1))
 
     def to(self, device: torch.device, *, channels_last: bool) -> None:
