@@ -260,3 +260,16 @@ def test_sample_rows_of_chosen_classes_and_clear_errors(capsys, mnist_root, tmp_
     run_train(tiny_overrides(mnist_root, **extra), plain)
     code, _, err = cli(capsys, "sample", f"ckpt={plain}", "labels=[1]", f"out={tmp_path / 'x.png'}")
     assert code != 0 and "needs a conditional checkpoint" in err
+
+
+def test_experiment_configs_pin_the_published_settings():
+    from conftest import compose_train
+    from ganrun.config import build
+
+    cgan = compose_train(["experiment=cgan_mnist"])
+    assert cgan.conditional and cgan.model.num_classes == 10 and cgan.trainer.grid_size == 100
+    wgangp = compose_train(["experiment=wgangp_cifar10"])
+    assert wgangp.dataset.name == "cifar10" and wgangp.trainer.n_critic == 5 and wgangp.trainer.batch_size == 64
+    assert wgangp.optim.lr == 1e-4 and list(wgangp.optim.D.betas) == [0.5, 0.9]
+    loss = build(wgangp.loss)
+    assert type(loss).__name__ == "WassersteinGPLoss" and loss.gp_lambda == 10.0 and loss.n_critic == 5
