@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -11,6 +12,7 @@ from torchvision.utils import save_image
 
 from ganrun.checkpoint import load_checkpoint, resolve_checkpoint_path, run_dir_of
 from ganrun.config import build, choice
+from ganrun.data import ImageData, decode_image
 from ganrun.errors import GanrunError
 from ganrun.hardware import choose_device
 from ganrun.recipes.base import Recipe
@@ -36,13 +38,49 @@ def rebuild_from_checkpoint(path: Path, *, device: torch.device, use_ema: bool =
     config = OmegaConf.create(checkpoint["config"])
     recipe: Recipe = build(config.model, loss=build(config.loss), optim=build(config.optim))
     generator = recipe.generator
-    state = checkpoint["G_ema"] if use_ema else checkpoint["recipe"]["networks"][recipe.generator_name]
     try:
-        generator.load_state_dict(state)
-    except RuntimeError as error:
-        raise GanrunError(f"{path}: the generator weights do not fit its own config ({str(error).splitlines()[0]})") from None
-    generator.to(device).eval().requires_grad_(False)
+        # Every network, not only G: recipes with an encoder render reconstructions G(E(x)).
+        for name, network in recipe.networks.items():
+            network.load_state_dict(checkpoint["recipe"]["networks"][name])
+        if use_ema:
+            generator.load_state_dict(checkpoint["G_ema"])
+    except (RuntimeError, KeyError) as error:
+        raise GanrunError(f"{path}: the network weights do not fit its own config ({str(error).splitlines()[0]})") from None
+    for network in recipe.networks.values():
+        network.to(device).eval().requires_grad_(False)
     return recipe, generator, config
+
+
+def first_images(data: ImageData, count: int) -> torch.Tensor:
+    """The dataset's first `count` images as float in [-1, 1], in file order: the fixed originals
+    of reconstruction grids (the same for every run on that data)."""
+    count = min(count, len(data))
+    if data.images is not None:
+        images = data.images[:count]
+    else:
+        images = torch.stack([decode_image(p, resolution=data.resolution, channels=data.channels) for p in data.files[:count]])
+    return images.float().div(127.5).sub(1.0)
+
+
+def _real_images_for(checkpoint_path: Path, config: DictConfig, count: int) -> Optional[torch.Tensor]:
+    """Originals for a reconstruction grid: the checkpoint's training data when it can be loaded
+    here (never downloaded), else the originals its training grids used."""
+    from ganrun.evaluation import load_reference_data  # evaluation imports this module
+
+    dataset = OmegaConf.to_container(config.dataset, resolve=True)
+    if "download" in dataset:
+        dataset["download"] = False
+    try:
+        return first_images(load_reference_data(dataset, split=dataset.get("split", "train"), root=None), count)
+    except GanrunError as error:
+        stored = load_checkpoint(checkpoint_path)["grid"].get("real")
+        if stored is None:
+            raise GanrunError(
+                f"{checkpoint_path}: no real images to reconstruct ({error}); make the training data "
+                "readable where it was trained from"
+            ) from None
+        print(f"training data not readable ({error}); reconstructing the {len(stored)} originals stored in the checkpoint")
+        return stored
 
 
 def _default_out(checkpoint_path: Path, name: str) -> Path:
@@ -60,7 +98,7 @@ def sample(cfg: DictConfig) -> list[Path]:
         raise GanrunError(f"interpolation_steps must be >= 2, got {cfg.interpolation_steps}")
     path = resolve_checkpoint_path(cfg.ckpt)
     device = choose_device(choice(cfg.device), cuda_available=torch.cuda.is_available())
-    recipe, G, _ = rebuild_from_checkpoint(path, device=device, use_ema=cfg.ema)
+    recipe, G, config = rebuild_from_checkpoint(path, device=device, use_ema=cfg.ema)
     generator = torch.Generator().manual_seed(cfg.seed)
     which = "ema" if cfg.ema else "raw"
     labels = list(cfg.labels) if cfg.labels is not None else None
@@ -81,17 +119,21 @@ def sample(cfg: DictConfig) -> list[Path]:
         nrow = steps
         default_name = f"interpolate_seed{cfg.seed}_{which}.png"
     else:
-        inputs = recipe.grid_inputs(cfg.n, generator=generator, **by_label)
+        if recipe.grid_shows_reconstructions:
+            inputs = recipe.grid_inputs(cfg.n, generator=generator, real=_real_images_for(path, config, cfg.n))
+        else:
+            inputs = recipe.grid_inputs(cfg.n, generator=generator, **by_label)
         # With labels, each row is one class: n // len(labels) samples per row.
         nrow = cfg.nrow or (max(1, cfg.n // len(labels)) if labels else max(1, int(math.sqrt(cfg.n))))
         default_name = f"sample_n{cfg.n}_seed{cfg.seed}_{which}.png"
 
-    images = torch.cat(
+    outputs = torch.cat(
         [
             recipe.render(G, {key: value[i : i + 256].to(device) for key, value in inputs.items()}).float().cpu()
-            for i in range(0, len(inputs["z"]), 256)
+            for i in range(0, max(len(value) for value in inputs.values()), 256)
         ]
     )
+    images = outputs.add(1).div(2).clamp(0, 1)
 
     if cfg.save_individual:
         folder = Path(cfg.out) if cfg.out else _default_out(path, f"individual_seed{cfg.seed}_{which}")
@@ -99,7 +141,7 @@ def sample(cfg: DictConfig) -> list[Path]:
         written = []
         for index, image in enumerate(images):
             target = folder / f"{index:06d}.png"
-            save_image(image.add(1).div(2).clamp(0, 1), target)
+            save_image(image, target)
             written.append(target)
         print(f"wrote {len(written)} images to {folder}")
         return written
@@ -107,7 +149,7 @@ def sample(cfg: DictConfig) -> list[Path]:
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise GanrunError(f"out={cfg.out!r} must end in .png or .jpg (or pass save_individual=true for a folder)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    recipe.save_grid(images, out, nrow=nrow)
+    recipe.save_grid(outputs, out, nrow=nrow)  # the recipe's layout: pairs of reconstructions, scatter plots
     print(f"wrote {out} ({len(images)} images, step {int(load_step(path))})")
     return [out]
 

@@ -82,6 +82,9 @@ class Recipe:
     generator_name = "G"
     # Class-conditional recipes set this > 0; `ganrun sample labels=[...]` needs it.
     num_classes = 0
+    # Recipes with an encoder (BiGAN, VAE) set this: their grids pair real images with their
+    # reconstructions, so the loop and `ganrun sample` pass real images to grid_inputs.
+    grid_shows_reconstructions = False
     # Keyword arguments of ganrun.toy.save_scatter for 2-D outputs (mode centres, std); the
     # loop copies them from the dataset's `scatter_reference` when it has one.
     scatter_reference: dict | None = None
@@ -164,7 +167,12 @@ class Recipe:
         raise NotImplementedError
 
     def grid_inputs(self, n: int, *, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Fixed inputs for sample grids (drawn once, on CPU, from a seeded generator)."""
+        """Fixed inputs for sample grids (drawn once, on CPU, from a seeded generator).
+
+        Recipes that set `grid_shows_reconstructions` also get `real=`: the dataset's first n
+        images (float in [-1, 1]). They keep those they use under the key "real", so the
+        checkpoint's "grid" entry holds them and `ganrun sample` can fall back to them.
+        """
         raise NotImplementedError
 
     def render(self, G: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
