@@ -18,6 +18,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from ganrun.alarms import AlarmSettings
 from ganrun.errors import GanrunError
 
 # helpers
@@ -79,6 +80,9 @@ class TrainerConfig:
     # D steps per G step; null = the loss's own (5 for wgan/wgan_gp, else 1). max_steps counts G steps.
     n_critic: Optional[int] = None
     ema: EMAConfig = field(default_factory=EMAConfig)
+    # Collapse/divergence alarms (ganrun/alarms.py): D saturating, G loss exploding, vanishing
+    # gradients, modes lost on toy data; a console line and a W&B alert each.
+    alarms: AlarmSettings = field(default_factory=AlarmSettings)
 
 
 @dataclass

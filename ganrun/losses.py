@@ -55,6 +55,9 @@ class GANLoss:
     supports_label_smoothing = False
     # Weight clipping bound the recipe applies to D after each D step (WGAN); None = no clipping.
     clip: Optional[float] = None
+    # D's output at which it cannot tell real from fake: below it, a sample is called fake. The
+    # saturation alarm reads D's accuracy on fakes from it; a Wasserstein critic has none.
+    decision_threshold: Optional[float] = 0.0
 
     def __init__(
         self,
@@ -161,6 +164,8 @@ class NonSaturatingLoss(_CrossEntropyD):
 class LeastSquaresLoss(GANLoss):
     """LSGAN (Mao et al. 2017, eq. 2) with a=0, b=1, c=1 and the paper's 1/2 factors."""
 
+    decision_threshold = 0.5  # halfway between the fake (0) and real (1) targets
+
     def d_terms(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"real": 0.5 * (real_logits - 1).square().mean(), "fake": 0.5 * fake_logits.square().mean()}
 
@@ -186,6 +191,7 @@ class WassersteinLoss(GANLoss):
     """
 
     default_n_critic = 5
+    decision_threshold = None
 
     def __init__(self, *, clip: float = 0.01, **regularizers):
         super().__init__(**regularizers)

@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 from rich.console import Console
 
+from ganrun.alarms import Alarms
 from ganrun.config import choice
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -71,12 +72,14 @@ class Tracker:
         resume_run_id: Optional[str] = None,
         console: Optional[Console] = None,
         show_progress: bool = True,
+        alarms: Optional[Alarms] = None,
     ):
         self.run_dir = run_dir
         self.console = console or Console(stderr=False, soft_wrap=True)
         self.metrics_path = run_dir / "metrics.jsonl"
         self.max_steps = max_steps
         self.wandb_run = None
+        self.alarms = alarms  # every logged row passes through them
         self.run_id: Optional[str] = resume_run_id
         self._init_wandb(config, logger_cfg, resume_run_id)
         self.interactive = self.console.is_terminal
@@ -163,12 +166,27 @@ class Tracker:
                 self.wandb_run.log(scalars, step=step)
             except Exception as error:  # keep training whatever the tracker does
                 self.note(f"[yellow]warning:[/yellow] W&B log failed: {error}")
+        if self.alarms is not None:
+            for message in self.alarms.observe(step, scalars):
+                self.alert(message)
         losses = {k: v for k, v in scalars.items() if k.startswith("loss/")}
         speed = f"{scalars['img_per_s']:.0f} img/s" if "img_per_s" in scalars else ""
         if self.progress is not None:
             self.progress.update(self.task, completed=step, speed=speed, losses=format_scalars(losses))
         else:
             self.note(f"step {step}/{self.max_steps}  {speed}  {format_scalars(losses)}")
+
+    def alert(self, message: str) -> None:
+        """A training alarm: one console line and a W&B alert (e-mail/Slack where the user set them up)."""
+        self.note(f"[yellow]alarm:[/yellow] {message}")
+        if self.wandb_run is not None:
+            import wandb
+
+            try:
+                self.wandb_run.alert(title="ganrun training alarm", text=message, level=wandb.AlertLevel.WARN,
+                                     wait_duration=0)
+            except Exception as error:  # offline runs and old servers have no alerts; the console line stands
+                self.note(f"[yellow]warning:[/yellow] W&B alert not sent: {str(error).splitlines()[0]}")
 
     def log_image(self, step: int, key: str, path: Path) -> None:
         if self.wandb_run is not None:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from ganrun import __version__, distributed
+from ganrun.alarms import AlarmSettings, Alarms
 from ganrun.checkpoint import (
     FORMAT,
     atomic_save,
@@ -103,7 +104,12 @@ class LossMonitor:
         means = distributed.all_reduce(self.sums.clone()) / (self.count * _world_size())
         self.sums.zero_()
         self.count = 0
-        return {f"loss/{name}": float(value) for name, value in zip(self.names, means.tolist())}
+        return {_scalar_key(name): float(value) for name, value in zip(self.names, means.tolist())}
+
+
+def _scalar_key(name: str) -> str:
+    """Loss terms are logged as loss/NET/term; statistics and gradient norms under their own names."""
+    return name if name.startswith(("stat/", "grad_norm/")) else f"loss/{name}"
 
 
 def _world_size() -> int:
@@ -249,6 +255,7 @@ def train(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> Train
     else:
         grid = recipe.grid_inputs(trainer.grid_size, generator=grid_generator)
     progress = Progress()
+    alarms = Alarms(settings=AlarmSettings(**OmegaConf.to_container(trainer.alarms)))
     run_id = None
     if checkpoint is not None:
         try:
@@ -266,6 +273,7 @@ def train(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> Train
         rng_states = checkpoint["rng"]
         restore_rng(rng_states[context.rank] if context.rank < len(rng_states) else rng_states[0])
         run_id = checkpoint["tracker"].get("run_id")
+        alarms.load_state_dict(checkpoint["tracker"].get("alarms", {}))
     elif context.enabled:
         # Same init on every rank (DDP also broadcasts it), different latents per rank.
         torch.manual_seed(trainer.seed + 1_000_003 * context.rank)
@@ -304,6 +312,7 @@ def train(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> Train
             max_steps=trainer.max_steps,
             start_step=progress.step,
             resume_run_id=run_id,
+            alarms=alarms,
         )
         verb = "resuming at step" if checkpoint is not None else "starting at step"
         tracker.note(f"run dir: {run_dir}")
@@ -351,7 +360,7 @@ def train(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> Train
             "data": batches.state_dict(),
             "grid": grid,
             "rng": rng_states,
-            "tracker": {"run_id": tracker.run_id},
+            "tracker": {"run_id": tracker.run_id, "alarms": alarms.state_dict()},
             "eval": evaluator.state_dict() if evaluator is not None else {},
         }
 
@@ -393,6 +402,7 @@ def train(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> Train
                 batch = parts[0] if len(parts) == 1 else {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
                 stepper.step_index = progress.step
                 terms = recipe.train_step(batch, stepper)
+                terms.update({f"grad_norm/{name}": norm for name, norm in stepper.grad_norms.items()})
                 for scheduler in recipe.schedulers.values():
                     scheduler.step()
                 step_images = trainer.batch_size * len(parts)

@@ -97,10 +97,11 @@ def make_textbook_step(images: torch.Tensor, batch_size: int):
 # ganrun's step, built from the real config tree with default settings
 
 
-def make_ganrun_step(images: torch.Tensor, batch_size: int, *, precision: str = "auto", compile: bool = False):
+def make_ganrun_step(images: torch.Tensor, batch_size: int, *, precision: str = "auto", compile: bool = False,
+                     extra_overrides: tuple[str, ...] = (), labels: torch.Tensor | None = None):
     register_schemas()
     overrides = ["dataset=celeba", "dataset.resolution=64", f"trainer.batch_size={batch_size}", f"trainer.compile={compile}",
-                 f"trainer.precision={precision}"]
+                 f"trainer.precision={precision}", *extra_overrides]
     with initialize_config_module("ganrun.conf", version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     trainer = cfg.trainer
@@ -116,19 +117,23 @@ def make_ganrun_step(images: torch.Tensor, batch_size: int, *, precision: str = 
     ema = EMA(source=recipe.generator, half_life_kimg=trainer.ema.half_life_kimg, rampup=trainer.ema.rampup)
     scalers = {name: torch.amp.GradScaler("cpu", enabled=policy.grad_scaler) for name in recipe.optimizers}
     stepper = Stepper(device_type="cpu", autocast_dtype=policy.autocast_dtype, optimizers=recipe.optimizers, scalers=scalers)
-    batches = Batches(data=ImageData(source="bench", images=images, resolution=64, channels=3), batch_size=batch_size,
+    batches = Batches(data=ImageData(source="bench", images=images, resolution=64, channels=3, labels=labels), batch_size=batch_size,
                       seed=0, device=device, channels_last=channels_last)
     monitor = LossMonitor()
     state = {"step": 0, "images_seen": 0}
 
     def step() -> None:
-        terms = recipe.train_step(next(batches), stepper)
+        parts = [next(batches) for _ in range(recipe.batches_per_step)]  # n_critic batches, as the loop does
+        batch = parts[0] if len(parts) == 1 else {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+        stepper.step_index = state["step"]
+        terms = recipe.train_step(batch, stepper)
         state["step"] += 1
         state["images_seen"] += batch_size
         ema.update(recipe.generator, images_seen=state["images_seen"], batch_size=batch_size)
         monitor.add(state["step"], terms)
 
     settings = f"precision={policy.name}, channels_last={channels_last}, compile={trainer.compile}"
+    step.recipe = recipe  # for callers that describe the networks
     return step, settings
 
 

@@ -181,9 +181,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(mnist_root, tm
     original = losses.NonSaturatingLoss.g_loss
     calls = {"n": 0}
 
-    def poisoned(self, D, fake):
+    def poisoned(self, D, fake, **options):
         calls["n"] += 1
-        terms = original(self, D, fake)
+        terms = original(self, D, fake, **options)
         if calls["n"] >= 3:
             terms["adv"] = terms["adv"] * float("nan")
         return terms

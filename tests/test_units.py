@@ -162,8 +162,10 @@ def test_every_option_of_every_group_composes_and_builds(group):
         assert cfg.trainer.batch_size >= 1
         if group in ("model", "loss", "optim"):
             recipe = build(cfg.model, loss=build(cfg.loss), optim=build(cfg.optim))
-            assert set(recipe.optimizers) == {"G", "D"}
-            assert recipe.optimizers["G"].param_groups[0]["betas"] == (0.5, 0.999)  # plain tuple, not ListConfig
+            assert recipe.optimizers and recipe.generator_name in recipe.networks
+            for optimizer in recipe.optimizers.values():
+                betas = optimizer.param_groups[0].get("betas", ())
+                assert type(betas) is tuple and all(type(beta) is float for beta in betas)  # not ListConfig
 
 
 def test_build_refuses_foreign_targets():

@@ -36,6 +36,8 @@ class Stepper:
         # The 0-based index of the step being taken; the loop sets it before every train_step
         # (lazy regularizers and annealed schedules read it).
         self.step_index = 0
+        # Each optimizer's last gradient norm (unscaled, on the device: read only at log points).
+        self.grad_norms: dict[str, torch.Tensor] = {}
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(
@@ -51,6 +53,12 @@ class Stepper:
         scaler.scale(total).backward()
         # One scaler per optimizer: G and D gradients live on different scales, and each
         # backward/step/update cycle is complete in itself.
+        scaler.unscale_(optimizer)  # true gradient norms for the vanishing-gradient alarm
+        gradients = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if gradients:
+            norm = torch.nn.utils.get_total_norm(gradients).detach()
+            # An fp16 overflow (the scaler skips that step) must not read as divergence.
+            self.grad_norms[name] = torch.nan_to_num(norm, nan=0.0, posinf=0.0)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -82,12 +90,12 @@ class Recipe:
     generator_name = "G"
     # Class-conditional recipes set this > 0; `ganrun sample labels=[...]` needs it.
     num_classes = 0
-    # Recipes with an encoder (BiGAN, VAE) set this: their grids pair real images with their
-    # reconstructions, so the loop and `ganrun sample` pass real images to grid_inputs.
-    grid_shows_reconstructions = False
     # Keyword arguments of ganrun.toy.save_scatter for 2-D outputs (mode centres, std); the
     # loop copies them from the dataset's `scatter_reference` when it has one.
     scatter_reference: dict | None = None
+    # Recipes with an encoder (BiGAN, VAE) set this: their grids pair real images with their
+    # reconstructions, so the loop and `ganrun sample` pass real images to grid_inputs.
+    grid_shows_reconstructions = False
 
     def __init__(self) -> None:
         self.networks: dict[str, nn.Module] = {}
