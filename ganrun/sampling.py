@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -62,7 +61,7 @@ def first_images(data: ImageData, count: int) -> torch.Tensor:
     return images.float().div(127.5).sub(1.0)
 
 
-def _real_images_for(checkpoint_path: Path, config: DictConfig, count: int) -> Optional[torch.Tensor]:
+def _real_images_for(checkpoint_path: Path, config: DictConfig, count: int) -> torch.Tensor:
     """Originals for a reconstruction grid: the checkpoint's training data when it can be loaded
     here (never downloaded), else the originals its training grids used."""
     from ganrun.evaluation import load_reference_data  # evaluation imports this module
