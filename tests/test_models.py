@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import run_train, tiny_overrides
+from conftest import compose_train, run_train, tiny_overrides
 from ganrun.checkpoint import LAST, load_checkpoint
+from ganrun.config import build
 from ganrun.errors import GanrunError
 from ganrun.models import dcgan, mlp, sagan, sngan
 from ganrun.models.layers import ClassBatchNorm2d, SelfAttention
@@ -188,3 +189,24 @@ def test_two_steps_through_the_loop(family, conditional, mnist_root, tmp_path):
     weights = checkpoint["recipe"]["networks"]["G"]
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
     assert (run_dir / "samples" / "step_0000002.png").is_file()
+
+
+# configs
+
+
+def test_model_sagan_alone_selects_hinge_and_ttur_and_the_command_line_still_wins():
+    cfg = compose_train(["model=sagan"])
+    assert cfg.loss._target_ == "ganrun.losses.HingeLoss"
+    assert (cfg.optim.G.lr, cfg.optim.D.lr, list(cfg.optim.G.betas)) == (1e-4, 4e-4, [0.0, 0.9])
+    cfg = compose_train(["model=sagan", "loss=bce", "optim.D.lr=1e-3"])
+    assert cfg.loss._target_ == "ganrun.losses.NonSaturatingLoss" and cfg.optim.D.lr == 1e-3
+
+
+@pytest.mark.parametrize("experiment,resolution,betas", [("sngan_cifar10", 32, (0.0, 0.9)), ("sagan_celeba64", 64, (0.0, 0.9))])
+def test_experiments_compose_and_build(experiment, resolution, betas):
+    cfg = compose_train([f"experiment={experiment}", "model.G.width=4", "model.D.width=4"])
+    recipe = build(cfg.model, loss=build(cfg.loss), optim=build(cfg.optim))
+    assert recipe.optimizers["D"].param_groups[0]["betas"] == betas
+    with torch.no_grad():
+        images = recipe.render(recipe.generator.eval(), recipe.grid_inputs(2, generator=torch.Generator().manual_seed(0)))
+    assert images.shape == (2, 3, resolution, resolution)
