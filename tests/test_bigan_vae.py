@@ -83,6 +83,8 @@ def test_two_steps_with_finite_losses_and_a_reconstruction_grid(model, mnist_roo
                 "vae": {"loss/VAE/recon", "loss/VAE/kl", "loss/VAE/neg_elbo"}}[model]
     assert {key for key in rows[0] if key.startswith("loss/")} == expected
     assert all(np.isfinite(rows[0][key]) for key in expected)
+    if model == "bigan":  # what the saturation alarm reads: D's accuracy on the fake pairs
+        assert 0.0 <= rows[0]["stat/D_acc_fake"] <= 1.0
     checkpoint = torch.load(run_dir / "checkpoints" / LAST, weights_only=True)
     assert set(checkpoint["recipe"]["networks"]) == ({"G", "E", "D"} if model == "bigan" else {"G", "E"})
     # grid_size 4: one (original, reconstruction) pair on top, two samples below

@@ -116,13 +116,26 @@ class BiGANRecipe(ReconstructionRecipe):
             for name, value in d_terms.items():
                 d_totals[name] = d_totals.get(name, 0) + value.detach() / n_critic
         # G and E: the D objective with the pairs' roles swapped, through a frozen D.
+        critic, fake_scores = joint_critic(D, [(fake, z), (real, encoded)]), []
+
+        def watched_critic(images: torch.Tensor) -> torch.Tensor:
+            scores = critic(images)
+            if images is fake:
+                fake_scores.append(scores.detach())
+            return scores
+
         with frozen(D), stepper.autocast():
-            critic = joint_critic(D, [(fake, z), (real, encoded)])
-            ge_terms = self.loss.d_loss(critic, fake, real, step=step)
+            ge_terms = self.loss.d_loss(watched_critic, fake, real, step=step)
         stepper.step("GE", ge_terms)
+        stats = {}
+        threshold = getattr(self.loss, "decision_threshold", None)
+        if threshold is not None and len(fake_scores) == 1:
+            # For the saturation alarm: how many fake pairs the just-updated D calls fake.
+            stats["stat/D_acc_fake"] = (fake_scores[0].float() < threshold).float().mean()
         # The swapped "real" term is (G(z), z) passing as real: G's; "fake" is (x, E(x)) passing as fake: E's.
         owners = {"real": "G/adv", "fake": "E/adv"}
         return {
             **{f"D/{name}": value for name, value in d_totals.items()},
             **{owners.get(name, f"GE/{name}"): value.detach() for name, value in ge_terms.items()},
+            **stats,
         }
