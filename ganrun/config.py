@@ -106,6 +106,7 @@ class TrainEvalConfig:
     split: str = "test"
     best_metric: str = "fid"  # best.pt keeps the checkpoint where this was best
     batch_size: int = 50
+    precision: Precision = Precision.auto  # Inception's arithmetic: auto = bf16 where native (see ganrun eval)
 
 
 @dataclass
@@ -155,6 +156,9 @@ class EvalConfig:
     resolution: Optional[int] = None  # for real=/fake= folders: resize + center-crop to this size
     kid_subset_size: int = 1000
     download: bool = True  # fetch torch-fidelity's Inception weights when not cached
+    # Inception's arithmetic: auto = bf16 where the hardware has it natively (2.5x faster on such
+    # CPUs; FID moves ~0.3%), fp32 elsewhere or on request. Cached features are kept per precision.
+    precision: Precision = Precision.auto
     # The results also go to the W&B summary of the checkpoint's own training run (resumed by its
     # id); auto = as training decided (online with credentials, else offline), disabled = off.
     wandb: LoggerMode = LoggerMode.auto

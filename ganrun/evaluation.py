@@ -62,7 +62,8 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     if cfg.num_samples < 2:
         raise GanrunError(f"num_samples must be >= 2, got {cfg.num_samples}")
     device = choose_device(choice(cfg.device), cuda_available=torch.cuda.is_available())
-    extractor = FeatureExtractor(metrics=metrics, cache_dir=cache_dir(), allow_download=cfg.download, device=device)
+    extractor = FeatureExtractor(metrics=metrics, cache_dir=cache_dir(), allow_download=cfg.download, device=device,
+                                 precision=choice(cfg.precision))
     if cfg.real is not None or cfg.fake is not None:
         return [evaluate_folders(cfg, metrics, extractor)]
     if cfg.run is not None:
@@ -237,7 +238,8 @@ class TrainingEvaluator:
         """(scalars to log, whether this step is the best so far by eval.best_metric)."""
         start = time.perf_counter()
         if self.extractor is None:
-            self.extractor = FeatureExtractor(metrics=self.metrics, cache_dir=cache_dir(), allow_download=True, device=self.device)
+            self.extractor = FeatureExtractor(metrics=self.metrics, cache_dir=cache_dir(), allow_download=True,
+                                              device=self.device, precision=choice(self.settings.precision))
             data = load_reference_data(self.dataset_cfg, split=self.settings.split, root=None)
             self.real, _ = reference_features(
                 self.extractor, data, dataset=self.dataset_cfg["name"], split=self.settings.split,

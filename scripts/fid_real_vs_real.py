@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=10000, help="images per side")
     parser.add_argument("--split-at", type=int, default=None, help="cut one set in two at this index instead of train/test")
     parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="Inception's arithmetic")
     args = parser.parse_args()
 
     options = {"_target_": LOADERS[args.dataset], "root": args.root}
@@ -47,7 +48,8 @@ def main() -> None:
         options.update(name=args.dataset, download=False, fallback="none")
     if args.resolution:
         options["resolution"] = args.resolution
-    extractor = FeatureExtractor(metrics=["fid", "kid"], cache_dir=cache_dir(), allow_download=True, device=torch.device("cpu"))
+    extractor = FeatureExtractor(metrics=["fid", "kid"], cache_dir=cache_dir(), allow_download=True, device=torch.device("cpu"),
+                                 precision=args.precision)
     start = time.perf_counter()
     if args.split_at is None:
         sides = {split: build({**options, "split": split}) for split in ("train", "test")}

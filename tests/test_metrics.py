@@ -81,6 +81,30 @@ def test_metric_values_come_from_torch_fidelity_conventions(extractor):
     assert abs(same["kid_mean"]) < 0.1 * apart["kid_mean"] and apart["precision"] < 0.5
 
 
+def test_bf16_inception_moves_fid_by_far_less_than_its_signal(extractor):
+    """precision=auto may run Inception in bf16; FID of the same pair must stay within 2 %."""
+    fast = FeatureExtractor(metrics=["fid"], cache_dir=Path("cache"), allow_download=False, device=torch.device("cpu"),
+                            precision="bf16")
+    real, blurred = shapes(COUNT, seed=4), TF.gaussian_blur(shapes(COUNT, seed=5), kernel_size=9, sigma=1.5)
+    fids = {name: compute_metrics(features_of(net, blurred), features_of(net, real), metrics=["fid"])["fid"]
+            for name, net in (("fp32", extractor), ("bf16", fast))}
+    assert abs(fids["bf16"] - fids["fp32"]) < 0.02 * fids["fp32"], fids
+    assert fast.tag.endswith("-bf16") and extractor.tag.endswith("-fp32")  # cached apart, never mixed
+
+
+def test_feature_precision_auto_follows_the_hardware(monkeypatch):
+    from ganrun import hardware
+    from ganrun.metrics import choose_feature_precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(hardware, "cpu_supports_bf16", lambda: True)
+    assert choose_feature_precision("auto", device=cpu) == "bf16" and choose_feature_precision("fp32", device=cpu) == "fp32"
+    monkeypatch.setattr(hardware, "cpu_supports_bf16", lambda: False)
+    assert choose_feature_precision("auto", device=cpu) == "fp32"
+    with pytest.raises(GanrunError, match="precision='fp16'.*auto, fp32 or bf16"):
+        choose_feature_precision("fp16", device=cpu)
+
+
 def test_quantization_matches_a_saved_png():
     images = torch.tensor([-1.0, -0.999, 0.0, 0.5, 1.0]).view(1, 1, 1, 5)
     assert to_uint8_rgb(images)[0, :, 0].tolist() == [[0, 0, 128, 191, 255]] * 3  # gray replicated to RGB
