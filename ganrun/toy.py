@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 from PIL import Image, ImageDraw
@@ -166,3 +166,14 @@ def load_grid(*, name: str = "grid25", side: int = 5, spacing: float = 2.0, std:
         raise GanrunError(f"dataset.side must be >= 1 and dataset.spacing > 0, got {side} and {spacing}")
     description = f"a {side}x{side} grid of Gaussians, spacing {spacing}, std {std}"
     return _mixture(name=name, centres=grid_centres(side=side, spacing=spacing), std=std, description=description, **settings)
+
+
+def scatter_reference_for(dataset: Mapping[str, Any]) -> Optional[dict]:
+    """`save_scatter`'s reference (mode centres, std) from a dataset config alone, or None for
+    datasets that are not toy mixtures: what `ganrun sample` needs to draw a checkpoint's rings."""
+    from ganrun.config import build
+
+    if dataset.get("_target_") not in (f"{__name__}.load_ring", f"{__name__}.load_grid"):
+        return None
+    settings = {key: value for key, value in dataset.items() if key != "source"}
+    return build({**settings, "num_points": 1}).scatter_reference
