@@ -171,7 +171,7 @@ def test_unsupported_sizes_name_the_fix():
 
 def _model_overrides(family: str) -> dict:
     if family == "mlp":
-        return {"model": "mlp", "model.z_dim": 8, "model.G.hidden": 16, "model.D.hidden": 16, "model.G.layers": 2, "model.D.layers": 2}
+        return {"model": "mlp", "loss": "minimax", "model.z_dim": 8, "model.G.hidden": 16, "model.D.hidden": 16, "model.G.layers": 2, "model.D.layers": 2}
     return {"model": family, "model.z_dim": 8, "model.G.width": 4, "model.D.width": 4}
 
 
