@@ -121,6 +121,9 @@ class TrainConfig:
     resume: Optional[str] = None
     # Class-conditional training: model.num_classes becomes dataset.num_classes (classes_if).
     conditional: bool = False
+    # A checkpoint (file or run dir) whose G_ema a new run's generator starts from, without its
+    # optimizer state or step (SRGAN after its SRResNet warm-up); ignored when resuming.
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -137,6 +140,22 @@ class SampleConfig:
     device: Device = Device.auto
     # Conditional checkpoints: one row per listed class (labels=[0,1,2]); null = every class in turn.
     labels: Optional[list[int]] = None
+    # Super-resolution checkpoints: every image of input_dir (any size) -> out_dir, same names as PNG,
+    # run in tiles of `tile` LR pixels with `tile_overlap` pixels of context (bounded memory; 0 = whole images).
+    input_dir: Optional[str] = None
+    out_dir: Optional[str] = None
+    tile: int = 128
+    tile_overlap: int = 32
+
+
+@dataclass
+class SREvalDataset:
+    """`ganrun eval` of a super-resolution checkpoint: the pairs to measure on (null = the
+    checkpoint's own validation folder, then its dataset.lr_name / scale)."""
+
+    hr_dir: Optional[str] = None
+    lr_dir: Optional[str] = None  # null: LR by bicubic downscaling of hr_dir
+    lr_name: Optional[str] = None  # e.g. '{stem}x4'
 
 
 @dataclass
@@ -162,6 +181,12 @@ class EvalConfig:
     # The results also go to the W&B summary of the checkpoint's own training run (resumed by its
     # id); auto = as training decided (online with credentials, else offline), disabled = off.
     wandb: LoggerMode = LoggerMode.auto
+    # Super-resolution checkpoints (PSNR/SSIM instead of FID): the pairs, the border cropped before
+    # measuring (null = the scale, as BasicSR), and tiled inference as in `ganrun sample`.
+    dataset: SREvalDataset = field(default_factory=SREvalDataset)
+    crop_border: Optional[int] = None
+    tile: int = 128
+    tile_overlap: int = 32
 
 
 def register_schemas() -> None:
@@ -247,12 +272,18 @@ def validate_train_config(cfg: DictConfig) -> None:
     _require(cfg.eval.every >= 0, f"eval.every must be >= 0 (0 = no in-training evaluation), got {cfg.eval.every}")
     if cfg.eval.every:
         from ganrun.metrics import check_metric_names, metric_keys
+        from ganrun.sr_metrics import SR_METRICS
 
-        metrics = check_metric_names(list(cfg.eval.metrics))
+        names = [str(name).lower() for name in cfg.eval.metrics]
+        if names and set(names) <= set(SR_METRICS):  # super-resolution runs: PSNR/SSIM, one key each
+            metrics, keys = names, names
+        else:
+            metrics = check_metric_names(names)
+            keys = metric_keys(metrics)
         _require(
-            cfg.eval.best_metric in metric_keys(metrics),
+            cfg.eval.best_metric in keys,
             f"eval.best_metric={cfg.eval.best_metric!r} is not among what eval.metrics={metrics} reports "
-            f"({', '.join(metric_keys(metrics))}); e.g. eval.best_metric=fid",
+            f"({', '.join(keys)}); e.g. eval.best_metric={keys[0]}",
         )
         _require(cfg.eval.num_samples >= 2, f"eval.num_samples must be >= 2, got {cfg.eval.num_samples}")
     _require(

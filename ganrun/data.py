@@ -63,6 +63,29 @@ class ImageData:
     def __len__(self) -> int:
         return len(self.images) if self.images is not None else len(self.files)
 
+    # Hooks the loop calls; datasets with their own batch format (paired super-resolution
+    # crops, ganrun/sr.py) override them.
+
+    def batches(self, **settings) -> "Batches":
+        """The endless, resumable training stream (`settings`: Batches' keyword arguments)."""
+        return Batches(data=self, **settings)
+
+    def first_images(self, count: int) -> torch.Tensor:
+        """The first `count` images as float in [-1, 1], in file order: the fixed originals of
+        reconstruction grids (the same for every run on that data)."""
+        count = min(count, len(self))
+        if self.images is not None:
+            images = self.images[:count]
+        else:
+            images = torch.stack([decode_image(p, resolution=self.resolution, channels=self.channels) for p in self.files[:count]])
+        return images.float().div(127.5).sub(1.0)
+
+    def training_evaluator(self, *, settings, dataset_cfg: dict, device: torch.device):
+        """What `eval.every` runs during training: FID & co. against the held-out split."""
+        from ganrun.evaluation import TrainingEvaluator  # evaluation imports this module
+
+        return TrainingEvaluator(settings=settings, dataset_cfg=dataset_cfg, device=device)
+
 
 # preprocessing
 

@@ -58,6 +58,15 @@ def _update_json(path: Path, key: str, value: dict) -> None:
 
 
 def evaluate(cfg: DictConfig) -> list[dict]:
+    from ganrun.sr_metrics import evaluate_sr_checkpoint, is_super_resolution  # it imports this module
+
+    if cfg.ckpt is not None and cfg.run is None and cfg.real is None and cfg.fake is None:
+        path = resolve_checkpoint_path(cfg.ckpt)
+        if is_super_resolution(load_checkpoint(path)):  # PSNR/SSIM against HR images, not FID
+            result = evaluate_sr_checkpoint(path, cfg)
+            record_result(path, result, values=result["metrics"])
+            publish_to_wandb([result], checkpoint_path=path, requested_mode=choice(cfg.wandb))
+            return [result]
     metrics = check_metric_names(list(cfg.metrics))
     if cfg.num_samples < 2:
         raise GanrunError(f"num_samples must be >= 2, got {cfg.num_samples}")
@@ -111,14 +120,19 @@ def evaluate_checkpoint(path: Path, cfg: DictConfig, metrics: list[str], extract
     result = {"checkpoint": str(path), "step": step, "metrics": values, "protocol": protocol,
               "seconds_generated_side": round(fake_seconds, 1)}
     print(f"{path} (step {step}): {format_result(values, protocol)}\n  time for the generated side: {fake_seconds:.1f} s")
+    record_result(path, result, values=values)
+    return result
+
+
+def record_result(path: Path, result: dict, *, values: dict) -> None:
+    """The result into eval.json beside the checkpoint and an eval/* row of the run's metrics.jsonl."""
     _update_json(path.parent / "eval.json", path.name, result)
     run_dir = run_dir_of(path)
     if (run_dir / "metrics.jsonl").is_file():
-        row = {"step": step, **{f"eval/{name}": value for name, value in values.items()},
-               "eval/protocol": protocol, "eval/checkpoint": path.name, "time": round(time.time(), 3)}
+        row = {"step": result["step"], **{f"eval/{name}": value for name, value in values.items()},
+               "eval/protocol": result["protocol"], "eval/checkpoint": path.name, "time": round(time.time(), 3)}
         with open(run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(row) + "\n")
-    return result
 
 
 def evaluate_folders(cfg: DictConfig, metrics: list[str], extractor: FeatureExtractor) -> dict:

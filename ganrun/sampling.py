@@ -11,7 +11,7 @@ from torchvision.utils import save_image
 
 from ganrun.checkpoint import load_checkpoint, resolve_checkpoint_path, run_dir_of
 from ganrun.config import build, choice
-from ganrun.data import ImageData, decode_image
+from ganrun.data import ImageData
 from ganrun.errors import GanrunError
 from ganrun.hardware import choose_device
 from ganrun.recipes.base import Recipe
@@ -52,13 +52,8 @@ def rebuild_from_checkpoint(path: Path, *, device: torch.device, use_ema: bool =
 
 def first_images(data: ImageData, count: int) -> torch.Tensor:
     """The dataset's first `count` images as float in [-1, 1], in file order: the fixed originals
-    of reconstruction grids (the same for every run on that data)."""
-    count = min(count, len(data))
-    if data.images is not None:
-        images = data.images[:count]
-    else:
-        images = torch.stack([decode_image(p, resolution=data.resolution, channels=data.channels) for p in data.files[:count]])
-    return images.float().div(127.5).sub(1.0)
+    of reconstruction grids (the same for every run on that data; the dataset decides which)."""
+    return data.first_images(count)
 
 
 def _real_images_for(checkpoint_path: Path, config: DictConfig, count: int) -> torch.Tensor:
@@ -82,6 +77,20 @@ def _real_images_for(checkpoint_path: Path, config: DictConfig, count: int) -> t
         return stored
 
 
+def _super_resolve_folder(recipe: Recipe, G: torch.nn.Module, cfg: DictConfig, config: DictConfig,
+                          device: torch.device) -> list[Path]:
+    from ganrun.sr import super_resolve_folder
+
+    if not hasattr(recipe, "super_resolve"):
+        raise GanrunError(f"input_dir=/out_dir= need a super-resolution checkpoint; {cfg.ckpt} is {config.model._target_}")
+    if cfg.input_dir is None or cfg.out_dir is None:
+        raise GanrunError("super-resolving a folder needs both: ganrun sample ckpt=... input_dir=LR_FOLDER out_dir=SR_FOLDER")
+    if cfg.tile < 0 or cfg.tile_overlap < 0:
+        raise GanrunError(f"tile and tile_overlap must be >= 0, got {cfg.tile} and {cfg.tile_overlap}")
+    return super_resolve_folder(recipe, G, input_dir=cfg.input_dir, out_dir=cfg.out_dir, channels=config.dataset.channels,
+                                device=device, tile=cfg.tile, overlap=cfg.tile_overlap)
+
+
 def _default_out(checkpoint_path: Path, name: str) -> Path:
     return run_dir_of(checkpoint_path) / "samples" / name
 
@@ -98,6 +107,8 @@ def sample(cfg: DictConfig) -> list[Path]:
     path = resolve_checkpoint_path(cfg.ckpt)
     device = choose_device(choice(cfg.device), cuda_available=torch.cuda.is_available())
     recipe, G, config = rebuild_from_checkpoint(path, device=device, use_ema=cfg.ema)
+    if cfg.input_dir is not None or cfg.out_dir is not None:  # image-to-image: every file of a folder
+        return _super_resolve_folder(recipe, G, cfg, config, device)
     generator = torch.Generator().manual_seed(cfg.seed)
     which = "ema" if cfg.ema else "raw"
     labels = list(cfg.labels) if cfg.labels is not None else None

@@ -28,7 +28,7 @@ from ganrun.checkpoint import (
     write_checkpoint,
 )
 from ganrun.config import TrainConfig, build, choice, to_plain, validate_train_config
-from ganrun.data import Batches, ImageData
+from ganrun.data import ImageData
 from ganrun.ema import EMA
 from ganrun.errors import GanrunError, TrainingDiverged
 from ganrun.evaluation import TrainingEvaluator
@@ -190,6 +190,19 @@ def _short(value: object) -> str:
     return repr(value)
 
 
+def initialize_generator(recipe: Recipe, init_from: str) -> None:
+    """`init_from=`: a new run whose generator starts from another checkpoint's G_ema (e.g. SRGAN
+    from its SRResNet warm-up); optimizers, step and everything else start fresh."""
+    path = resolve_checkpoint_path(init_from)
+    try:
+        recipe.generator.load_state_dict(load_checkpoint(path)["G_ema"])
+    except (RuntimeError, KeyError) as error:
+        raise GanrunError(
+            f"init_from={init_from}: its generator does not fit model.{recipe.generator_name} "
+            f"({str(error).splitlines()[0]}); use a checkpoint of the same generator settings"
+        ) from None
+
+
 def _grid_rows(n: int) -> int:
     return max(1, int(math.sqrt(n)))
 
@@ -230,6 +243,8 @@ def train(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> Train
     # What the real data looks like in plots of 2-D outputs (toy mixtures: their mode centres).
     recipe.scatter_reference = getattr(data, "scatter_reference", None)
     channels_last = use_channels_last(trainer.channels_last, *recipe.networks.values())
+    if cfg.init_from and checkpoint is None:  # before the EMA copy: G_ema starts from these weights too
+        initialize_generator(recipe, cfg.init_from)
     recipe.to(device, channels_last=channels_last)
     ema = EMA(
         source=recipe.generator,
@@ -239,8 +254,7 @@ def train(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> Train
     )
     scalers = {name: torch.amp.GradScaler(device.type, enabled=precision.grad_scaler) for name in recipe.optimizers}
     per_rank_batch = trainer.batch_size // context.world_size
-    batches = Batches(
-        data=data,
+    batches = data.batches(  # the dataset's own stream (ImageData.batches: ganrun.data.Batches)
         batch_size=per_rank_batch,
         seed=trainer.seed,
         device=device,
@@ -344,7 +358,7 @@ def train(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> Train
 
     evaluator: Optional[TrainingEvaluator] = None
     if cfg.eval.every and context.is_main:
-        evaluator = TrainingEvaluator(settings=cfg.eval, dataset_cfg=plain_config["dataset"], device=device)
+        evaluator = data.training_evaluator(settings=cfg.eval, dataset_cfg=plain_config["dataset"], device=device)
         if checkpoint is not None:
             evaluator.load_state_dict(checkpoint.get("eval", {}))
 

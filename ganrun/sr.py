@@ -1,0 +1,337 @@
+"""Super-resolution data: paired low/high-resolution images, aligned random crops, the bicubic
+degradation, and tiled inference for images of any size (BasicSR's paired-image workflow).
+
+Pairs are an HR folder plus either an LR folder (files matched by stem through `lr_name`, e.g.
+`{stem}x4`: `baby.png` <-> `babyx4.png`) or none, in which case LR images are made by
+antialiased bicubic downscaling of HR (torch's, deterministic), quantized to uint8 as a saved
+LR file would be. HR images are cropped to a multiple of the scale at their bottom/right
+edge ("mod crop"). All pairs are decoded once into memory (uint8).
+
+Training batches: `{"image": HR crops, "lr": LR crops}` as float in [-1, 1]. Each crop picks an
+image at random (with replacement), a random aligned window, flips and a 90 degree rotation,
+all drawn from a generator seeded by (seed, rank, batch index), so the stream's whole state is
+one integer and a resumed run sees exactly the crops the uninterrupted one would. Without an
+LR folder, LR crops are made from the augmented HR crops (one batched resize).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from ganrun.data import ImageData, list_images
+from ganrun.errors import GanrunError
+
+SCALES = (2, 3, 4)
+
+# helpers
+
+
+def check_scale(scale: int, key: str = "dataset.scale") -> int:
+    if scale not in SCALES:
+        raise GanrunError(f"{key} must be 2, 3 or 4, got {scale}")
+    return scale
+
+
+def bicubic_downscale(images: torch.Tensor, scale: int) -> torch.Tensor:
+    """uint8 (..., C, H, W) -> uint8 (..., C, H // scale, W // scale): antialiased bicubic,
+    rounded to uint8 as a saved LR image is. H and W must be multiples of `scale`."""
+    height, width = images.shape[-2:]
+    resized = TF.resize(images.float(), [height // scale, width // scale], interpolation=InterpolationMode.BICUBIC,
+                        antialias=True)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def bicubic_upscale(images: torch.Tensor, scale: int) -> torch.Tensor:
+    """Float (N, C, h, w) -> (N, C, h * scale, w * scale): the bicubic baseline and the models'
+    global skip (same call, so 'SR equals bicubic' means exactly that)."""
+    return F.interpolate(images, scale_factor=scale, mode="bicubic", align_corners=False)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float in [-1, 1]."""
+    return images.float().div(127.5).sub(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Float in [-1, 1] -> uint8, quantized as a saved PNG is."""
+    return images.float().add(1).mul(127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def mod_crop(image: torch.Tensor, scale: int) -> torch.Tensor:
+    height, width = image.shape[-2:]
+    return image[..., : height - height % scale, : width - width % scale]
+
+
+def read_image(path: Path, *, channels: int) -> torch.Tensor:
+    """uint8 (channels, H, W) at the file's own size; grayscale files become RGB and back as asked."""
+    try:
+        with Image.open(path) as image:
+            return TF.pil_to_tensor(image.convert("RGB" if channels == 3 else "L"))
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise GanrunError(f"{path} could not be read as an image ({error}); remove or replace it") from None
+
+
+def _size(image: torch.Tensor) -> str:
+    return f"{image.shape[-1]}x{image.shape[-2]}"
+
+
+@dataclass
+class Pair:
+    """One HR image (mod-cropped) and its LR partner (None: made by bicubic downscaling)."""
+
+    name: str  # the HR file's stem
+    hr: torch.Tensor  # uint8 (C, H, W)
+    lr: Optional[torch.Tensor] = None  # uint8 (C, H / scale, W / scale)
+    hr_path: Optional[Path] = None
+
+    def low_res(self, scale: int) -> torch.Tensor:
+        return self.lr if self.lr is not None else bicubic_downscale(self.hr, scale)
+
+
+def load_pairs(*, hr_dir: str, lr_dir: Optional[str], lr_name: str, scale: int, channels: int) -> list[Pair]:
+    """Every HR image of `hr_dir` with its LR partner from `lr_dir` (matched by `lr_name`)."""
+    hr_folder = Path(hr_dir).expanduser()
+    if not hr_folder.is_dir():
+        raise GanrunError(f"dataset.hr_dir={hr_dir!r} is not a folder; point it at the high-resolution images")
+    hr_files = list_images(hr_folder)
+    if not hr_files:
+        raise GanrunError(f"dataset.hr_dir={hr_dir!r} holds no images")
+    if "{stem}" not in lr_name:
+        raise GanrunError(f"dataset.lr_name={lr_name!r} must contain {{stem}}, e.g. dataset.lr_name='{{stem}}x{scale}'")
+    lr_files: dict[str, Path] = {}
+    if lr_dir is not None:
+        lr_folder = Path(lr_dir).expanduser()
+        if not lr_folder.is_dir():
+            raise GanrunError(f"dataset.lr_dir={lr_dir!r} is not a folder; point it at the low-resolution images or set it to null")
+        lr_files = {path.stem: path for path in list_images(lr_folder)}
+        missing = [path for path in hr_files if lr_name.format(stem=path.stem) not in lr_files]
+        if missing:
+            raise GanrunError(
+                f"{missing[0]} has no low-resolution partner {lr_name.format(stem=missing[0].stem)}.* in {lr_dir} "
+                f"({len(missing)} of {len(hr_files)} HR images unmatched); check dataset.lr_name (now {lr_name!r})"
+            )
+
+    def load(hr_path: Path) -> Pair:
+        hr = read_image(hr_path, channels=channels)
+        if lr_dir is None:
+            hr = mod_crop(hr, scale)
+            if hr.shape[-1] < scale or hr.shape[-2] < scale:
+                raise GanrunError(f"{hr_path} is {_size(hr)}, smaller than dataset.scale={scale}")
+            return Pair(name=hr_path.stem, hr=hr, hr_path=hr_path)
+        lr_path = lr_files[lr_name.format(stem=hr_path.stem)]
+        lr = read_image(lr_path, channels=channels)
+        expected = (hr.shape[-2] // scale, hr.shape[-1] // scale)
+        if tuple(lr.shape[-2:]) != expected:
+            raise GanrunError(
+                f"{lr_path} is {_size(lr)}, but its HR partner {hr_path} is {_size(hr)}: at dataset.scale={scale} "
+                f"the LR image must be {expected[1]}x{expected[0]}; check dataset.scale and dataset.lr_dir"
+            )
+        return Pair(name=hr_path.stem, hr=mod_crop(hr, scale), lr=lr, hr_path=hr_path)
+
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(load, hr_files))
+
+
+def augment(image: torch.Tensor, *, hflip: bool, vflip: bool, transpose: bool) -> torch.Tensor:
+    """Flips and a transpose: with both flips, the 8 symmetries of the square (all 90 degree rotations)."""
+    if hflip:
+        image = image.flip(-1)
+    if vflip:
+        image = image.flip(-2)
+    if transpose:
+        image = image.transpose(-1, -2)
+    return image
+
+
+# classes
+
+
+@dataclass
+class PairedSRData(ImageData):
+    """`ImageData` for super-resolution: training pairs, optional validation pairs, and its own
+    batch stream (`batches`), grid crops (`first_images`) and in-training evaluator."""
+
+    pairs: list[Pair] = field(default_factory=list)
+    validation: list[Pair] = field(default_factory=list)
+    scale: int = 4
+    hr_patch: int = 96
+    augment: bool = True
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def batches(self, **settings) -> "PairedBatches":
+        return PairedBatches(data=self, **settings)
+
+    def first_images(self, count: int) -> torch.Tensor:
+        """Fixed grid crops: the HR centre (hr_patch) of the first validation images (training
+        images when there is no validation folder), float in [-1, 1]."""
+        pairs = (self.validation or self.pairs)[:count]
+        crops = [TF.center_crop(mod_crop(pair.hr, self.scale), [self.hr_patch, self.hr_patch]) for pair in pairs]
+        return to_float(torch.stack(crops))
+
+    def training_evaluator(self, *, settings, dataset_cfg: dict, device: torch.device):
+        from ganrun.sr_metrics import ValidationPSNR
+
+        return ValidationPSNR(settings=settings, pairs=self.validation, scale=self.scale, device=device)
+
+
+def load_paired_sr(
+    *,
+    name: str = "paired_sr",
+    hr_dir: str,
+    lr_dir: Optional[str] = None,
+    lr_name: str = "{stem}",
+    scale: int = 4,
+    hr_patch: int = 96,
+    channels: int = 3,
+    augment: bool = True,
+    val_hr_dir: Optional[str] = None,
+    val_lr_dir: Optional[str] = None,
+    val_lr_name: Optional[str] = None,
+    resolution: Optional[int] = None,
+    num_classes: int = 0,
+) -> PairedSRData:
+    check_scale(scale)
+    if channels not in (1, 3):
+        raise GanrunError(f"dataset.channels must be 1 or 3, got {channels}")
+    if hr_patch < scale or hr_patch % scale:
+        raise GanrunError(f"dataset.hr_patch={hr_patch} must be a multiple of dataset.scale={scale}, e.g. {scale * 24}")
+    pairs = load_pairs(hr_dir=hr_dir, lr_dir=lr_dir, lr_name=lr_name, scale=scale, channels=channels)
+    validation = []
+    if val_hr_dir is not None:
+        validation = load_pairs(hr_dir=val_hr_dir, lr_dir=val_lr_dir, lr_name=val_lr_name or lr_name, scale=scale,
+                                channels=channels)
+    lr_source = f"LR from {lr_dir} ({lr_name})" if lr_dir is not None else "LR by bicubic downscaling"
+    source = f"paired SR x{scale}: {len(pairs):,} HR images from {hr_dir}, {lr_source}"
+    if validation:
+        source += f"; validation: {len(validation)} from {val_hr_dir}"
+    return PairedSRData(source=source, resolution=hr_patch, channels=channels, pairs=pairs, validation=validation,
+                        scale=scale, hr_patch=hr_patch, augment=augment)
+
+
+class PairedBatches:
+    """Endless, resumable stream of aligned crops `{"image": HR, "lr": LR}` (float, [-1, 1])."""
+
+    def __init__(
+        self,
+        *,
+        data: PairedSRData,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+        channels_last: bool = False,
+        rank: int = 0,
+        **_: object,  # Batches' world_size / num_workers: crops are drawn per rank, in this process
+    ):
+        self.data, self.batch_size, self.seed, self.rank = data, batch_size, seed, rank
+        self.device, self.channels_last = device, channels_last
+        self.position = 0  # batches drawn so far: the whole state
+        lr_patch = data.hr_patch // data.scale
+        for pair in data.pairs:
+            if min(pair.hr.shape[-2:]) < data.hr_patch:
+                raise GanrunError(
+                    f"{pair.hr_path or pair.name} is {_size(pair.hr)}, smaller than dataset.hr_patch={data.hr_patch}; "
+                    "lower dataset.hr_patch or remove the image"
+                )
+        self.lr_patch = lr_patch
+
+    def state_dict(self) -> dict:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = int(state["position"])
+
+    def __iter__(self) -> "PairedBatches":
+        return self
+
+    def crops(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (HR crops, LR crops) of batch number `position`."""
+        scale, lr_patch, hr_patch = self.data.scale, self.lr_patch, self.data.hr_patch
+        rng = np.random.default_rng([self.seed, self.rank, position])
+        hr_crops, lr_crops = [], []
+        for index in rng.integers(0, len(self.data.pairs), size=self.batch_size):
+            pair = self.data.pairs[index]
+            lr_height, lr_width = pair.hr.shape[-2] // scale, pair.hr.shape[-1] // scale
+            top, left = int(rng.integers(0, lr_height - lr_patch + 1)), int(rng.integers(0, lr_width - lr_patch + 1))
+            flips = dict(zip(("hflip", "vflip", "transpose"), (rng.random(3) < 0.5) & self.data.augment))
+            hr = pair.hr[:, top * scale : top * scale + hr_patch, left * scale : left * scale + hr_patch]
+            hr_crops.append(augment(hr, **flips))
+            if pair.lr is not None:
+                lr_crops.append(augment(pair.lr[:, top : top + lr_patch, left : left + lr_patch], **flips))
+        hr = torch.stack(hr_crops)
+        lr = torch.stack(lr_crops) if lr_crops else bicubic_downscale(hr, scale)
+        return hr, lr
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        hr, lr = self.crops(self.position)
+        self.position += 1
+        return {"image": self._to_device(hr), "lr": self._to_device(lr)}
+
+    def _to_device(self, images: torch.Tensor) -> torch.Tensor:
+        images = to_float(images.to(self.device, non_blocking=True))
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+
+# inference on whole images
+
+
+def tiled(upscale: Callable[[torch.Tensor], torch.Tensor], lr: torch.Tensor, *, scale: int, tile: int,
+          overlap: int) -> torch.Tensor:
+    """`upscale` applied to (N, C, H, W) tile by tile: each tile of `tile` LR pixels is run with
+    `overlap` extra pixels of context on every side, and only its centre is kept, so memory is
+    bounded by the tile size and the result equals whole-image inference when `overlap` covers
+    the network's receptive field. tile <= 0: the whole image at once."""
+    height, width = lr.shape[-2:]
+    if tile <= 0 or (height <= tile and width <= tile):
+        return upscale(lr)
+    output = None
+    for y0 in range(0, height, tile):
+        for x0 in range(0, width, tile):
+            y1, x1 = min(y0 + tile, height), min(x0 + tile, width)
+            ya, xa = max(y0 - overlap, 0), max(x0 - overlap, 0)
+            yb, xb = min(y1 + overlap, height), min(x1 + overlap, width)
+            piece = upscale(lr[..., ya:yb, xa:xb])
+            if output is None:
+                output = piece.new_empty(*lr.shape[:-3], piece.shape[-3], height * scale, width * scale)
+            top, left = (y0 - ya) * scale, (x0 - xa) * scale
+            output[..., y0 * scale : y1 * scale, x0 * scale : x1 * scale] = piece[
+                ..., top : top + (y1 - y0) * scale, left : left + (x1 - x0) * scale
+            ]
+    return output
+
+
+@torch.no_grad()
+def super_resolve_folder(recipe, G: torch.nn.Module, *, input_dir: str, out_dir: str, channels: int,
+                         device: torch.device, tile: int, overlap: int) -> list[Path]:
+    """Every image under `input_dir` (any size), super-resolved tile by tile into `out_dir` as
+    PNG with the same relative name."""
+    folder, target = Path(input_dir).expanduser(), Path(out_dir).expanduser()
+    if not folder.is_dir():
+        raise GanrunError(f"input_dir={input_dir!r} is not a folder of images")
+    files = list_images(folder)
+    if not files:
+        raise GanrunError(f"input_dir={input_dir!r} holds no images")
+    if target.resolve() == folder.resolve():
+        raise GanrunError(f"out_dir={out_dir!r} is input_dir: pick another folder, inputs are never overwritten")
+    written = []
+    for path in files:
+        lr = to_float(read_image(path, channels=channels)).unsqueeze(0).to(device)
+        sr = tiled(lambda x: recipe.super_resolve(G, x), lr, scale=recipe.scale, tile=tile, overlap=overlap)
+        out = (target / path.relative_to(folder)).with_suffix(".png")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(to_uint8(sr[0]).permute(1, 2, 0).squeeze(-1).cpu().numpy()).save(out)
+        written.append(out)
+    print(f"wrote {len(written)} images (x{recipe.scale}) to {target}")
+    return written

@@ -1,0 +1,187 @@
+"""PSNR and SSIM the way super-resolution papers report them (BasicSR's protocol), with the
+bicubic baseline measured the same way beside every number.
+
+Protocol: SR outputs quantized to uint8 (as saved PNGs), HR mod-cropped to a multiple of the
+scale, `crop_border` pixels (default: the scale) removed from every side of both images, then
+torchmetrics' PSNR (data range 255) and SSIM (11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03,
+only windows inside the image: the usual Wang et al. 2004 / BasicSR settings) per image, on RGB
+(SSIM averaged over channels) and on the Y channel of ITU-R BT.601 (the 16-235 luma of
+MATLAB's rgb2ycbcr; not rounded). The mean over images is the headline number.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional, Sequence
+
+import torch
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from ganrun.errors import GanrunError
+from ganrun.evaluation import TrainingEvaluator
+from ganrun.sr import Pair, bicubic_upscale, tiled, to_float, to_uint8
+
+SR_METRICS = ("psnr_y", "ssim_y", "psnr", "ssim")
+# ITU-R BT.601 for RGB in [0, 255]: Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255
+BT601_Y = (65.481, 128.553, 24.966)
+
+# helpers
+
+
+def rgb_to_y(images: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) RGB in [0, 255] -> (..., 1, H, W) BT.601 luma in [16, 235]; one channel stays as it is."""
+    if images.shape[-3] == 1:
+        return images
+    weights = torch.tensor(BT601_Y, dtype=images.dtype, device=images.device).view(3, 1, 1)
+    return 16.0 + (images * weights).sum(dim=-3, keepdim=True) / 255.0
+
+
+def crop_border(images: torch.Tensor, border: int) -> torch.Tensor:
+    return images[..., border : images.shape[-2] - border, border : images.shape[-1] - border] if border else images
+
+
+def measure(output: torch.Tensor, reference: torch.Tensor, *, border: int) -> dict[str, float]:
+    """PSNR/SSIM on RGB and Y of two uint8 (C, H, W) images, `border` pixels cropped from each side."""
+    if output.shape != reference.shape:
+        raise GanrunError(f"cannot compare images of shapes {tuple(output.shape)} and {tuple(reference.shape)}")
+    if min(output.shape[-2:]) - 2 * border < 11:
+        raise GanrunError(f"an image of {output.shape[-1]}x{output.shape[-2]} is too small for crop_border={border} and SSIM's 11x11 window")
+    rgb = crop_border(output.double(), border).unsqueeze(0), crop_border(reference.double(), border).unsqueeze(0)
+    luma = rgb_to_y(rgb[0]), rgb_to_y(rgb[1])
+    values = {}
+    for suffix, (a, b) in (("", rgb), ("_y", luma)):
+        values[f"psnr{suffix}"] = float(peak_signal_noise_ratio(a, b, data_range=255.0))
+        values[f"ssim{suffix}"] = float(structural_similarity_index_measure(a, b, data_range=255.0))
+    return values
+
+
+def protocol_text(*, scale: int, border: int, lr_source: str) -> str:
+    return (
+        f"x{scale}; uint8 outputs; HR mod-cropped to a multiple of {scale}; crop_border={border} px each side; "
+        "PSNR (data range 255) and SSIM (11x11 Gaussian, sigma 1.5) from torchmetrics, on RGB and on "
+        f"ITU-R BT.601 Y (16-235); mean over images; LR: {lr_source}; bicubic = torch bicubic upscaling of the same LR"
+    )
+
+
+@torch.no_grad()
+def measure_pairs(recipe, G: torch.nn.Module, pairs: Sequence[Pair], *, border: int, device: torch.device,
+                  tile: int = 0, overlap: int = 32) -> list[dict]:
+    """Per image: {"name", "sr": {metric: value}, "bicubic": {metric: value}}."""
+    rows = []
+    for pair in pairs:
+        lr = to_float(pair.low_res(recipe.scale)).unsqueeze(0).to(device)
+        sr = tiled(lambda x: recipe.super_resolve(G, x), lr, scale=recipe.scale, tile=tile, overlap=overlap)
+        bicubic = bicubic_upscale(lr.float(), recipe.scale).clamp(-1, 1)
+        rows.append({
+            "name": pair.name,
+            "sr": measure(to_uint8(sr[0]).cpu(), pair.hr, border=border),
+            "bicubic": measure(to_uint8(bicubic[0]).cpu(), pair.hr, border=border),
+        })
+    return rows
+
+
+def mean_of(rows: list[dict], side: str) -> dict[str, float]:
+    return {key: sum(row[side][key] for row in rows) / len(rows) for key in SR_METRICS}
+
+
+def format_table(rows: list[dict]) -> str:
+    header = f"{'image':<16}" + "".join(f"{key:>10}" for key in SR_METRICS) + "  |" + "".join(
+        f"{'bic_' + key:>12}" for key in SR_METRICS)
+    lines = [header]
+    for name, sr, bicubic in [(row["name"], row["sr"], row["bicubic"]) for row in rows] + [
+        ("mean", mean_of(rows, "sr"), mean_of(rows, "bicubic"))
+    ]:
+        lines.append(f"{name[:16]:<16}" + "".join(f"{sr[key]:10.4f}" for key in SR_METRICS) + "  |"
+                     + "".join(f"{bicubic[key]:12.4f}" for key in SR_METRICS))
+    return "\n".join(lines)
+
+
+def flat_metrics(rows: list[dict]) -> dict[str, float]:
+    """The means, as metric keys: psnr_y, ..., bicubic_psnr_y, ..."""
+    sr, bicubic = mean_of(rows, "sr"), mean_of(rows, "bicubic")
+    return {**sr, **{f"bicubic_{key}": value for key, value in bicubic.items()}}
+
+
+def check_border(border: Optional[int], scale: int) -> int:
+    border = scale if border is None else border
+    if border < 0:
+        raise GanrunError(f"crop_border must be >= 0 (or null for the scale), got {border}")
+    return border
+
+
+# the command: `ganrun eval ckpt=...` of a super-resolution checkpoint
+
+
+def is_super_resolution(checkpoint: dict) -> bool:
+    return str(checkpoint["config"]["model"].get("_target_", "")).startswith("ganrun.recipes.sr.")
+
+
+def evaluate_sr_checkpoint(path, cfg) -> dict:
+    from ganrun.checkpoint import load_checkpoint
+    from ganrun.config import choice
+    from ganrun.hardware import choose_device
+    from ganrun.sampling import rebuild_from_checkpoint
+    from ganrun.sr import load_pairs
+
+    device = choose_device(choice(cfg.device), cuda_available=torch.cuda.is_available())
+    step = int(load_checkpoint(path)["progress"]["step"])
+    recipe, G, config = rebuild_from_checkpoint(path, device=device, use_ema=cfg.ema)
+    dataset = config.dataset
+    if cfg.dataset.hr_dir is not None:
+        hr_dir, lr_dir, lr_name = cfg.dataset.hr_dir, cfg.dataset.lr_dir, cfg.dataset.lr_name or "{stem}"
+    elif dataset.get("val_hr_dir"):
+        hr_dir, lr_dir = dataset.val_hr_dir, dataset.get("val_lr_dir")
+        lr_name = cfg.dataset.lr_name or dataset.get("val_lr_name") or dataset.lr_name
+    else:
+        raise GanrunError(
+            f"{path} was trained without a validation folder: pass the pairs to measure on, e.g. "
+            f"dataset.hr_dir=Set5/HR dataset.lr_dir=Set5/LR_bicubic/X{recipe.scale} dataset.lr_name='{{stem}}x{recipe.scale}'"
+        )
+    border = check_border(cfg.crop_border, recipe.scale)
+    pairs = load_pairs(hr_dir=hr_dir, lr_dir=lr_dir, lr_name=lr_name, scale=recipe.scale, channels=dataset.channels)
+    start = time.perf_counter()
+    rows = measure_pairs(recipe, G, pairs, border=border, device=device, tile=cfg.tile, overlap=cfg.tile_overlap)
+    lr_source = f"{lr_dir} ({lr_name})" if lr_dir is not None else f"bicubic downscaling of {hr_dir} (torch, antialiased)"
+    protocol = {
+        "images": f"{len(rows)} pairs, HR from {hr_dir}",
+        "generator": "G_ema" if cfg.ema else "G (raw)",
+        "measurement": protocol_text(scale=recipe.scale, border=border, lr_source=lr_source),
+    }
+    print(f"{path} (step {step}), {protocol['generator']}: {protocol['images']}")
+    print(format_table(rows))
+    print(f"protocol: {protocol['measurement']}")
+    return {"checkpoint": str(path), "step": step, "metrics": flat_metrics(rows), "protocol": protocol,
+            "per_image": rows, "seconds": round(time.perf_counter() - start, 1)}
+
+
+# in training
+
+
+class ValidationPSNR(TrainingEvaluator):
+    """`eval.every` for super-resolution runs (rank 0): PSNR/SSIM of G_ema on the validation
+    pairs (dataset.val_hr_dir), best.pt by eval.best_metric (higher is better). The best-so-far
+    state (state_dict) is TrainingEvaluator's; the measurement is its own."""
+
+    def __init__(self, *, settings, pairs: Sequence[Pair], scale: int, device: torch.device):
+        if not pairs:
+            raise GanrunError(
+                "eval.every > 0 on a super-resolution run needs validation pairs: set dataset.val_hr_dir "
+                "(and dataset.val_lr_dir if they come with LR files), e.g. dataset.val_hr_dir=../shared/data/sr/Set5/HR"
+            )
+        self.settings, self.pairs, self.scale, self.device = settings, list(pairs), scale, device
+        self.metrics = [str(name).lower() for name in settings.metrics]
+        self.best: Optional[float] = None
+        self.best_step: Optional[int] = None
+
+    def __call__(self, recipe, G: torch.nn.Module, *, step: int) -> tuple[dict[str, float], bool]:
+        start = time.perf_counter()
+        rows = measure_pairs(recipe, G, self.pairs, border=self.scale, device=self.device, tile=256)
+        values = flat_metrics(rows)
+        key = self.settings.best_metric
+        improved = self.best is None or values[key] > self.best
+        if improved:
+            self.best, self.best_step = values[key], step
+        scalars = {f"eval/{name}": values[name] for name in self.metrics}
+        scalars[f"eval/bicubic_{key}"] = values[f"bicubic_{key}"]
+        scalars["eval/seconds"] = time.perf_counter() - start
+        return scalars, improved
