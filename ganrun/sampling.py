@@ -47,6 +47,10 @@ def rebuild_from_checkpoint(path: Path, *, device: torch.device, use_ema: bool =
         raise GanrunError(f"{path}: the network weights do not fit its own config ({str(error).splitlines()[0]})") from None
     for network in recipe.networks.values():
         network.to(device).eval().requires_grad_(False)
+    from ganrun.toy import scatter_reference_for  # toy imports data, which imports nothing of ours here
+
+    # Scatter plots of 2-D outputs draw the data's mode rings, rebuilt from the config alone.
+    recipe.scatter_reference = scatter_reference_for(checkpoint["config"]["dataset"])
     return recipe, generator, config
 
 

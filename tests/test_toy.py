@@ -154,6 +154,8 @@ def test_two_steps_on_ring8_log_coverage_and_draw_a_scatter_plot(tmp_path, capsy
     code, _, err = cli(capsys, "sample", f"ckpt={run_dir}", "n=200", f"out={out}", "device=cpu")
     assert code == 0, err
     assert Image.open(out).size == (512, 512)
+    pixels = np.asarray(Image.open(out).convert("RGB"))
+    assert ((pixels[..., 2] > 150) & (pixels[..., 0] < 80)).sum() > 8 * 20  # the eight blue mode rings
     reference = scatter_reference_for(load_checkpoint(run_dir / "checkpoints" / LAST)["config"]["dataset"])
     assert torch.allclose(reference["centres"], ring_centres(modes=8, radius=2.0)) and reference["std"] == 0.02
     assert scatter_reference_for({"_target_": "ganrun.data.load_mnist_family"}) is None
