@@ -4,7 +4,7 @@ bicubic baseline measured the same way beside every number.
 Protocol: SR outputs quantized to uint8 (as saved PNGs), HR mod-cropped to a multiple of the
 scale, `crop_border` pixels (default: the scale) removed from every side of both images, then
 torchmetrics' PSNR (data range 255) and SSIM (11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03,
-only windows inside the image: the usual Wang et al. 2004 / BasicSR settings) per image, on RGB
+only windows inside the image: Wang et al. 2004 as BasicSR computes it) per image, on RGB
 (SSIM averaged over channels) and on the Y channel of ITU-R BT.601 (the 16-235 luma of
 MATLAB's rgb2ycbcr; not rounded). The mean over images is the headline number.
 """
@@ -24,6 +24,7 @@ from ganrun.sr import Pair, bicubic_upscale, tiled, to_float, to_uint8
 SR_METRICS = ("psnr_y", "ssim_y", "psnr", "ssim")
 # ITU-R BT.601 for RGB in [0, 255]: Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255
 BT601_Y = (65.481, 128.553, 24.966)
+SSIM_RADIUS = 5  # of the 11x11 window torchmetrics derives from sigma 1.5
 
 # helpers
 
@@ -51,8 +52,16 @@ def measure(output: torch.Tensor, reference: torch.Tensor, *, border: int) -> di
     values = {}
     for suffix, (a, b) in (("", rgb), ("_y", luma)):
         values[f"psnr{suffix}"] = float(peak_signal_noise_ratio(a, b, data_range=255.0))
-        values[f"ssim{suffix}"] = float(structural_similarity_index_measure(a, b, data_range=255.0))
+        values[f"ssim{suffix}"] = ssim_valid(a, b)
     return values
+
+
+def ssim_valid(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean SSIM over the windows that lie inside the image (as MATLAB's ssim and BasicSR). The
+    torchmetrics value itself also averages reflect-padded windows along the border, which
+    reads ~0.001 different on small images; its map with those 5-pixel strips removed does not."""
+    _, ssim_map = structural_similarity_index_measure(a, b, data_range=255.0, return_full_image=True)
+    return float(ssim_map[..., SSIM_RADIUS:-SSIM_RADIUS, SSIM_RADIUS:-SSIM_RADIUS].mean())
 
 
 def protocol_text(*, scale: int, border: int, lr_source: str) -> str:
