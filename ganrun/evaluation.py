@@ -60,33 +60,30 @@ def _update_json(path: Path, key: str, value: dict) -> None:
 def evaluate(cfg: DictConfig) -> list[dict]:
     from ganrun.sr_metrics import evaluate_sr_checkpoint, is_super_resolution  # it imports this module
 
-    if cfg.ckpt is not None and cfg.run is None and cfg.real is None and cfg.fake is None:
-        path = resolve_checkpoint_path(cfg.ckpt)
-        if is_super_resolution(load_checkpoint(path)):  # PSNR/SSIM against HR images, not FID
-            result = evaluate_sr_checkpoint(path, cfg)
-            record_result(path, result, values=result["metrics"])
-            publish_to_wandb([result], checkpoint_path=path, requested_mode=choice(cfg.wandb))
-            return [result]
-    metrics = check_metric_names(list(cfg.metrics))
-    if cfg.num_samples < 2:
-        raise GanrunError(f"num_samples must be >= 2, got {cfg.num_samples}")
-    device = choose_device(choice(cfg.device), cuda_available=torch.cuda.is_available())
-    extractor = FeatureExtractor(metrics=metrics, cache_dir=cache_dir(), allow_download=cfg.download, device=device,
-                                 precision=choice(cfg.precision))
-    if cfg.real is not None or cfg.fake is not None:
-        return [evaluate_folders(cfg, metrics, extractor)]
-    if cfg.run is not None:
+    folders = cfg.real is not None or cfg.fake is not None
+    if cfg.run is not None and not folders:
         run_dir = Path(cfg.run)
         paths = numbered_checkpoints(run_dir / "checkpoints") or [resolve_checkpoint_path(run_dir)]
+    else:
+        paths = [] if folders else [resolve_checkpoint_path(cfg.ckpt)]
+    if paths and is_super_resolution(load_checkpoint(paths[-1])):  # PSNR/SSIM against HR images, not FID
+        results = [evaluate_sr_checkpoint(path, cfg) for path in paths]
+    else:
+        metrics = check_metric_names(list(cfg.metrics))
+        if cfg.num_samples < 2:
+            raise GanrunError(f"num_samples must be >= 2, got {cfg.num_samples}")
+        device = choose_device(choice(cfg.device), cuda_available=torch.cuda.is_available())
+        extractor = FeatureExtractor(metrics=metrics, cache_dir=cache_dir(), allow_download=cfg.download, device=device,
+                                     precision=choice(cfg.precision))
+        if folders:
+            return [evaluate_folders(cfg, metrics, extractor)]
         results = [evaluate_checkpoint(path, cfg, metrics, extractor) for path in paths]
+    plot = None
+    if cfg.run is not None:
         print_table(results)
         plot = plot_metrics(results, run_dir_of(paths[-1]) / "eval_vs_step.png")
         print(f"plot: {plot}")
-        publish_to_wandb(results, checkpoint_path=paths[-1], requested_mode=choice(cfg.wandb), plot=plot)
-        return results
-    path = resolve_checkpoint_path(cfg.ckpt)
-    results = [evaluate_checkpoint(path, cfg, metrics, extractor)]
-    publish_to_wandb(results, checkpoint_path=path, requested_mode=choice(cfg.wandb))
+    publish_to_wandb(results, checkpoint_path=paths[-1], requested_mode=choice(cfg.wandb), plot=plot)
     return results
 
 
@@ -181,8 +178,9 @@ def plot_metrics(results: list[dict], path: Path) -> Path:
         axis.set_title(name)
         axis.grid(alpha=0.3)
     protocol = results[-1]["protocol"]
-    figure.suptitle(f"{protocol['generator']}, {protocol['generated']} generated vs {protocol['reference']} reference images",
-                    fontsize=9)
+    # A protocol may state its own one-line title (super-resolution: the image pairs measured).
+    title = protocol.get("title") or f"{protocol['generator']}, {protocol['generated']} generated vs {protocol['reference']} reference images"
+    figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)

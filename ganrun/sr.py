@@ -200,7 +200,6 @@ def load_paired_sr(
     val_hr_dir: Optional[str] = None,
     val_lr_dir: Optional[str] = None,
     val_lr_name: Optional[str] = None,
-    resolution: Optional[int] = None,
     num_classes: int = 0,
 ) -> PairedSRData:
     check_scale(scale)

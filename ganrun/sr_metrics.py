@@ -18,7 +18,7 @@ import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from ganrun.errors import GanrunError
-from ganrun.evaluation import TrainingEvaluator
+from ganrun.evaluation import TrainingEvaluator, record_result
 from ganrun.sr import Pair, bicubic_upscale, tiled, to_float, to_uint8
 
 SR_METRICS = ("psnr_y", "ssim_y", "psnr", "ssim")
@@ -126,6 +126,8 @@ def is_super_resolution(checkpoint: dict) -> bool:
 
 
 def evaluate_sr_checkpoint(path, cfg) -> dict:
+    """The per-image table and means of one checkpoint, printed with the protocol and recorded
+    as `ganrun eval` records FID (eval.json beside it, an eval/* row in metrics.jsonl)."""
     from ganrun.checkpoint import load_checkpoint
     from ganrun.config import choice
     from ganrun.hardware import choose_device
@@ -156,11 +158,14 @@ def evaluate_sr_checkpoint(path, cfg) -> dict:
         "generator": "G_ema" if cfg.ema else "G (raw)",
         "measurement": protocol_text(scale=recipe.scale, border=border, lr_source=lr_source),
     }
+    protocol["title"] = f"{protocol['generator']}, x{recipe.scale}, {protocol['images']}, crop_border={border}"
     print(f"{path} (step {step}), {protocol['generator']}: {protocol['images']}")
     print(format_table(rows))
     print(f"protocol: {protocol['measurement']}")
-    return {"checkpoint": str(path), "step": step, "metrics": flat_metrics(rows), "protocol": protocol,
-            "per_image": rows, "seconds": round(time.perf_counter() - start, 1)}
+    result = {"checkpoint": str(path), "step": step, "metrics": flat_metrics(rows), "protocol": protocol,
+              "per_image": rows, "seconds": round(time.perf_counter() - start, 1)}
+    record_result(path, result, values=result["metrics"])
+    return result
 
 
 # in training

@@ -353,3 +353,8 @@ def test_sample_super_resolves_a_folder_of_any_size_and_eval_reports_psnr(hr_dir
     result = json.loads((run_dir / "checkpoints" / "eval.json").read_text())["last.pt"]
     assert result["metrics"]["psnr_y"] == pytest.approx(np.mean([row["sr"]["psnr_y"] for row in result["per_image"]]))
     assert set(result["metrics"]) >= {"psnr_y", "ssim_y", "psnr", "ssim", "bicubic_psnr_y"}
+    code, out, err = cli(capsys, "eval", f"run={run_dir}", f"dataset.hr_dir={hr_dir}", "crop_border=0")  # every checkpoint
+    assert code == 0, err
+    assert "crop_border=0" in out and (run_dir / "eval_vs_step.png").is_file()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["eval/checkpoint"] for row in rows if "eval/psnr_y" in row] == ["last.pt", "step_0000002.pt"]
