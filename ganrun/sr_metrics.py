@@ -184,6 +184,11 @@ class ValidationPSNR(TrainingEvaluator):
             )
         self.settings, self.pairs, self.scale, self.device = settings, list(pairs), scale, device
         self.metrics = [str(name).lower() for name in settings.metrics]
+        if not self.metrics or not set(self.metrics) <= set(SR_METRICS) or settings.best_metric not in self.metrics:
+            raise GanrunError(
+                f"super-resolution runs measure {list(SR_METRICS)}, got eval.metrics={self.metrics} and "
+                f"eval.best_metric={settings.best_metric}; e.g. eval.metrics=[psnr_y,ssim_y] eval.best_metric=psnr_y"
+            )
         self.best: Optional[float] = None
         self.best_step: Optional[int] = None
 

@@ -328,6 +328,9 @@ def test_validation_psnr_during_training_keeps_best_pt(hr_dir, tmp_path):
     assert (run_dir / "checkpoints" / "best.pt").is_file()
     with pytest.raises(GanrunError, match="needs validation pairs: set dataset.val_hr_dir"):
         run_train(sr_overrides(hr_dir, **{"eval.every": 2}), tmp_path / "no_val")
+    fid = {"dataset.val_hr_dir": str(hr_dir), "eval.every": 2, "eval.metrics": "[fid]", "eval.best_metric": "fid"}
+    with pytest.raises(GanrunError, match=r"super-resolution runs measure .*got eval.metrics=\['fid'\]"):
+        run_train(sr_overrides(hr_dir, **fid), tmp_path / "fid")
 
 
 # the commands
