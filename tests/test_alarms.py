@@ -10,7 +10,7 @@ def feed(alarms: Alarms, rows: list[dict]) -> list[tuple[int, str]]:
 
 
 def test_saturated_discriminator_fires_once_after_the_window_and_rearms():
-    alarms = Alarms(settings=AlarmSettings(window=3))
+    alarms = Alarms(settings=AlarmSettings(window=3, d_saturation=0.99))
     rows = [{"stat/D_acc_fake": 0.6}] * 2 + [{"stat/D_acc_fake": 1.0}] * 5 + [{"stat/D_acc_fake": 0.5}] + [{"stat/D_acc_fake": 0.995}] * 3
     fired = feed(alarms, rows)
     assert [step for step, _ in fired] == [5, 11]
