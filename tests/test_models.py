@@ -210,3 +210,17 @@ def test_experiments_compose_and_build(experiment, resolution, betas):
     with torch.no_grad():
         images = recipe.render(recipe.generator.eval(), recipe.grid_inputs(2, generator=torch.Generator().manual_seed(0)))
     assert images.shape == (2, 3, resolution, resolution)
+
+
+def test_conditional_dcgan_starts_with_a_quiet_label_code():
+    """At init the label code must not drown z: with nn.Embedding's N(0, 1) code cgan_mnist
+    collapsed to one image per class by step 500 (G learned to ignore z)."""
+    from ganrun.models.dcgan import Generator
+
+    torch.manual_seed(0)
+    G = Generator(z_dim=16, resolution=28, channels=1, width=8, num_classes=10).eval()
+    z = torch.randn(32, 16)
+    with torch.no_grad():
+        across_z = G(z, torch.full((32,), 3)).std(dim=0).mean()
+        across_labels = G(z[:1].expand(10, -1), torch.arange(10)).std(dim=0).mean()
+    assert across_labels < 0.2 * across_z
