@@ -158,6 +158,8 @@ def test_every_option_of_every_group_composes_and_builds(group):
         overrides = [f"{group}={option}"]
         if group == "dataset" and option == "image_folder":
             overrides.append("dataset.root=/photos")
+        if (group, option) in (("dataset", "paired_sr"), ("model", "srresnet"), ("model", "srgan")):
+            overrides += ["dataset=paired_sr", "dataset.hr_dir=/photos"]  # SR models read dataset.scale
         cfg = compose_train(overrides)
         assert cfg.trainer.batch_size >= 1
         if group in ("model", "loss", "optim"):
