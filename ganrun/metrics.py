@@ -22,7 +22,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from ganrun.checkpoint import atomic_save
 from ganrun.data import ImageData, decode_image
 from ganrun.errors import GanrunError
-from ganrun.errors import GanrunError
 from ganrun.inception import find_inception_weights, load_feature_extractor
 
 METRICS = ("fid", "kid", "is", "prc")

@@ -11,7 +11,6 @@ from torchvision.utils import save_image
 
 from ganrun.checkpoint import load_checkpoint, resolve_checkpoint_path, run_dir_of
 from ganrun.config import build, choice
-from ganrun.data import ImageData
 from ganrun.errors import GanrunError
 from ganrun.hardware import choose_device
 from ganrun.recipes.base import Recipe
@@ -54,12 +53,6 @@ def rebuild_from_checkpoint(path: Path, *, device: torch.device, use_ema: bool =
     return recipe, generator, config
 
 
-def first_images(data: ImageData, count: int) -> torch.Tensor:
-    """The dataset's first `count` images as float in [-1, 1], in file order: the fixed originals
-    of reconstruction grids (the same for every run on that data; the dataset decides which)."""
-    return data.first_images(count)
-
-
 def _real_images_for(checkpoint_path: Path, config: DictConfig, count: int) -> torch.Tensor:
     """Originals for a reconstruction grid: the checkpoint's training data when it can be loaded
     here (never downloaded), else the originals its training grids used."""
@@ -69,7 +62,7 @@ def _real_images_for(checkpoint_path: Path, config: DictConfig, count: int) -> t
     if "download" in dataset:
         dataset["download"] = False
     try:
-        return first_images(load_reference_data(dataset, split=dataset.get("split", "train"), root=None), count)
+        return load_reference_data(dataset, split=dataset.get("split", "train"), root=None).first_images(count)
     except GanrunError as error:
         stored = load_checkpoint(checkpoint_path)["grid"].get("real")
         if stored is None:

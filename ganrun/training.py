@@ -34,7 +34,6 @@ from ganrun.errors import GanrunError, TrainingDiverged
 from ganrun.evaluation import TrainingEvaluator
 from ganrun.hardware import choose_device, choose_precision, cpu_supports_bf16, describe, use_channels_last
 from ganrun.recipes.base import Recipe, Stepper
-from ganrun.sampling import first_images
 from ganrun.tracking import Tracker, truncate_metrics
 
 # helpers
@@ -265,7 +264,7 @@ def train(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> Train
     )
     grid_generator = torch.Generator().manual_seed(trainer.seed)
     if recipe.grid_shows_reconstructions:  # fixed originals: the dataset's first grid_size images
-        grid = recipe.grid_inputs(trainer.grid_size, generator=grid_generator, real=first_images(data, trainer.grid_size))
+        grid = recipe.grid_inputs(trainer.grid_size, generator=grid_generator, real=data.first_images(trainer.grid_size))
     else:
         grid = recipe.grid_inputs(trainer.grid_size, generator=grid_generator)
     progress = Progress()
