@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import os
 import sys
 import tempfile
 import time
@@ -268,6 +269,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     sys.argv = [f"ganrun-{command}", *args]
     try:
         APPS[command]()
+    except BrokenPipeError:  # `ganrun eval --help | head`: the reader left early; no traceback (Python docs' recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     finally:
         from ganrun import distributed
 

@@ -174,7 +174,7 @@ class EvalConfig:
     data_root: Optional[str] = None  # where the reference data lives, if not where training found it
     resolution: Optional[int] = None  # for real=/fake= folders: resize + center-crop to this size
     kid_subset_size: int = 1000
-    download: bool = True  # fetch torch-fidelity's Inception weights when not cached
+    download: bool = True  # fetch missing weights: Inception (FID etc.), AlexNet (LPIPS of SR checkpoints)
     # Inception's arithmetic: auto = bf16 where the hardware has it natively (2.5x faster on such
     # CPUs; FID moves ~0.3%), fp32 elsewhere or on request. Cached features are kept per precision.
     precision: Precision = Precision.auto

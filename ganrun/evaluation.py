@@ -58,7 +58,7 @@ def _update_json(path: Path, key: str, value: dict) -> None:
 
 
 def evaluate(cfg: DictConfig) -> list[dict]:
-    from ganrun.sr_metrics import evaluate_sr_checkpoint, is_super_resolution  # it imports this module
+    from ganrun.sr_metrics import evaluate_sr_checkpoints, is_super_resolution  # it imports this module
 
     folders = cfg.real is not None or cfg.fake is not None
     if cfg.run is not None and not folders:
@@ -67,7 +67,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     else:
         paths = [] if folders else [resolve_checkpoint_path(cfg.ckpt)]
     if paths and is_super_resolution(load_checkpoint(paths[-1])):  # PSNR/SSIM against HR images, not FID
-        results = [evaluate_sr_checkpoint(path, cfg) for path in paths]
+        results = evaluate_sr_checkpoints(paths, cfg)
     else:
         metrics = check_metric_names(list(cfg.metrics))
         if cfg.num_samples < 2:

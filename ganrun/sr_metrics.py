@@ -7,11 +7,17 @@ torchmetrics' PSNR (data range 255) and SSIM (11x11 Gaussian window, sigma 1.5, 
 only windows inside the image: Wang et al. 2004 as BasicSR computes it) per image, on RGB
 (SSIM averaged over channels) and on the Y channel of ITU-R BT.601 (the 16-235 luma of
 MATLAB's rgb2ycbcr; not rounded). The mean over images is the headline number.
+
+LPIPS (Zhang et al. 2018; AlexNet with the v0.1 linear weights, as the `lpips` package's
+default) joins them when torchvision's ImageNet AlexNet weights are in the local torch hub cache
+(or can be downloaded there): torchmetrics ships only the linear weights. Without them the table
+says so in one line; the backbone is never replaced by random weights.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -22,6 +28,9 @@ from ganrun.evaluation import TrainingEvaluator, record_result
 from ganrun.sr import Pair, bicubic_upscale, tiled, to_float, to_uint8
 
 SR_METRICS = ("psnr_y", "ssim_y", "psnr", "ssim")
+LPIPS_BACKBONE_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet_Weights.IMAGENET1K_V1
+LPIPS_BACKBONE_URL = f"https://download.pytorch.org/models/{LPIPS_BACKBONE_FILE}"
+LPIPS_SKIPPED = "LPIPS not computed (no ImageNet AlexNet weights in the torch hub cache)"
 # ITU-R BT.601 for RGB in [0, 255]: Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255
 BT601_Y = (65.481, 128.553, 24.966)
 SSIM_RADIUS = 5  # of the 11x11 window torchmetrics derives from sigma 1.5
@@ -41,8 +50,10 @@ def crop_border(images: torch.Tensor, border: int) -> torch.Tensor:
     return images[..., border : images.shape[-2] - border, border : images.shape[-1] - border] if border else images
 
 
-def measure(output: torch.Tensor, reference: torch.Tensor, *, border: int) -> dict[str, float]:
-    """PSNR/SSIM on RGB and Y of two uint8 (C, H, W) images, `border` pixels cropped from each side."""
+def measure(output: torch.Tensor, reference: torch.Tensor, *, border: int,
+            perceptual: Optional["PerceptualDistance"] = None) -> dict[str, float]:
+    """PSNR/SSIM on RGB and Y of two uint8 (C, H, W) images, `border` pixels cropped from each
+    side; LPIPS of the same crops too when `perceptual` is given."""
     if output.shape != reference.shape:
         raise GanrunError(f"cannot compare images of shapes {tuple(output.shape)} and {tuple(reference.shape)}")
     if min(output.shape[-2:]) - 2 * border < 11:
@@ -53,6 +64,8 @@ def measure(output: torch.Tensor, reference: torch.Tensor, *, border: int) -> di
     for suffix, (a, b) in (("", rgb), ("_y", luma)):
         values[f"psnr{suffix}"] = float(peak_signal_noise_ratio(a, b, data_range=255.0))
         values[f"ssim{suffix}"] = ssim_valid(a, b)
+    if perceptual is not None:
+        values["lpips"] = perceptual(rgb[0], rgb[1])
     return values
 
 
@@ -64,17 +77,62 @@ def ssim_valid(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(ssim_map[..., SSIM_RADIUS:-SSIM_RADIUS, SSIM_RADIUS:-SSIM_RADIUS].mean())
 
 
-def protocol_text(*, scale: int, border: int, lr_source: str) -> str:
+class PerceptualDistance:
+    """LPIPS of two uint8 (N, C, H, W) images in [0, 255] (lower = closer), via torchmetrics'
+    LearnedPerceptualImagePatchSimilarity on the images scaled to [-1, 1]; one channel is
+    repeated to RGB. Build it with `perceptual_distance_or_reason`."""
+
+    description = "LPIPS v0.1 (AlexNet, torchmetrics) on the same cropped RGB images in [-1, 1], lower is better"
+
+    def __init__(self, *, device: torch.device):
+        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+        self.device = device
+        self.metric = LearnedPerceptualImagePatchSimilarity(net_type="alex", reduction="mean").to(device)
+
+    @torch.no_grad()
+    def __call__(self, output: torch.Tensor, reference: torch.Tensor) -> float:
+        pair = [image.to(self.device, torch.float32).div(127.5).sub(1.0) for image in (output, reference)]
+        pair = [image.expand(-1, 3, -1, -1) if image.shape[1] == 1 else image for image in pair]
+        self.metric.reset()
+        return float(self.metric(*pair))
+
+
+def lpips_backbone_path() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONE_FILE
+
+
+def perceptual_distance_or_reason(*, device: torch.device, allow_download: bool) -> tuple[Optional[PerceptualDistance], str]:
+    """(LPIPS, "") when AlexNet's ImageNet weights are in the torch hub cache or, if allowed, can
+    be fetched there; else (None, the one-line reason and fix)."""
+    path = lpips_backbone_path()
+    if not path.is_file() and allow_download:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(LPIPS_BACKBONE_URL, str(path), progress=False)
+        except Exception:  # offline, proxy, disk full: all mean "not available"
+            pass
+    if not path.is_file():
+        tried = "the download failed" if allow_download else "downloading is disabled (download=false)"
+        return None, (
+            f"LPIPS not computed: torchvision's ImageNet AlexNet weights are not at {path} ({tried}); "
+            f"put {LPIPS_BACKBONE_FILE} from {LPIPS_BACKBONE_URL} there (or point TORCH_HOME at a cache that has it)"
+        )
+    return PerceptualDistance(device=device), ""
+
+
+def protocol_text(*, scale: int, border: int, lr_source: str, lpips: str = "") -> str:
     return (
         f"x{scale}; uint8 outputs; HR mod-cropped to a multiple of {scale}; crop_border={border} px each side; "
         "PSNR (data range 255) and SSIM (11x11 Gaussian, sigma 1.5) from torchmetrics, on RGB and on "
-        f"ITU-R BT.601 Y (16-235); mean over images; LR: {lr_source}; bicubic = torch bicubic upscaling of the same LR"
+        f"ITU-R BT.601 Y (16-235); {lpips + '; ' if lpips else ''}mean over images; LR: {lr_source}; "
+        "bicubic = torch bicubic upscaling of the same LR"
     )
 
 
 @torch.no_grad()
 def measure_pairs(recipe, G: torch.nn.Module, pairs: Sequence[Pair], *, border: int, device: torch.device,
-                  tile: int = 0, overlap: int = 32) -> list[dict]:
+                  tile: int = 0, overlap: int = 32, perceptual: Optional[PerceptualDistance] = None) -> list[dict]:
     """Per image: {"name", "sr": {metric: value}, "bicubic": {metric: value}}."""
     rows = []
     for pair in pairs:
@@ -83,25 +141,31 @@ def measure_pairs(recipe, G: torch.nn.Module, pairs: Sequence[Pair], *, border: 
         bicubic = bicubic_upscale(lr.float(), recipe.scale).clamp(-1, 1)
         rows.append({
             "name": pair.name,
-            "sr": measure(to_uint8(sr[0]).cpu(), pair.hr, border=border),
-            "bicubic": measure(to_uint8(bicubic[0]).cpu(), pair.hr, border=border),
+            "sr": measure(to_uint8(sr[0]).cpu(), pair.hr, border=border, perceptual=perceptual),
+            "bicubic": measure(to_uint8(bicubic[0]).cpu(), pair.hr, border=border, perceptual=perceptual),
         })
     return rows
 
 
+def metric_keys(rows: list[dict]) -> list[str]:
+    """What was measured, Y-channel numbers first (the headline), LPIPS last when present."""
+    return sorted(rows[0]["sr"], key=lambda key: SR_METRICS.index(key) if key in SR_METRICS else len(SR_METRICS))
+
+
 def mean_of(rows: list[dict], side: str) -> dict[str, float]:
-    return {key: sum(row[side][key] for row in rows) / len(rows) for key in SR_METRICS}
+    return {key: sum(row[side][key] for row in rows) / len(rows) for key in metric_keys(rows)}
 
 
 def format_table(rows: list[dict]) -> str:
-    header = f"{'image':<16}" + "".join(f"{key:>10}" for key in SR_METRICS) + "  |" + "".join(
-        f"{'bic_' + key:>12}" for key in SR_METRICS)
+    keys = metric_keys(rows)
+    header = f"{'image':<16}" + "".join(f"{key:>10}" for key in keys) + "  |" + "".join(
+        f"{'bic_' + key:>12}" for key in keys)
     lines = [header]
     for name, sr, bicubic in [(row["name"], row["sr"], row["bicubic"]) for row in rows] + [
         ("mean", mean_of(rows, "sr"), mean_of(rows, "bicubic"))
     ]:
-        lines.append(f"{name[:16]:<16}" + "".join(f"{sr[key]:10.4f}" for key in SR_METRICS) + "  |"
-                     + "".join(f"{bicubic[key]:12.4f}" for key in SR_METRICS))
+        lines.append(f"{name[:16]:<16}" + "".join(f"{sr[key]:10.4f}" for key in keys) + "  |"
+                     + "".join(f"{bicubic[key]:12.4f}" for key in keys))
     return "\n".join(lines)
 
 
@@ -125,16 +189,25 @@ def is_super_resolution(checkpoint: dict) -> bool:
     return str(checkpoint["config"]["model"].get("_target_", "")).startswith("ganrun.recipes.sr.")
 
 
-def evaluate_sr_checkpoint(path, cfg) -> dict:
+def evaluate_sr_checkpoints(paths: Sequence[Path], cfg) -> list[dict]:
+    """`evaluate_sr_checkpoint` for each path, sharing one LPIPS network (or one reason for none)."""
+    from ganrun.config import choice
+    from ganrun.hardware import choose_device
+
+    device = choose_device(choice(cfg.device), cuda_available=torch.cuda.is_available())
+    perceptual, reason = perceptual_distance_or_reason(device=device, allow_download=cfg.download)
+    if reason:
+        print(reason)
+    return [evaluate_sr_checkpoint(path, cfg, device=device, perceptual=perceptual) for path in paths]
+
+
+def evaluate_sr_checkpoint(path, cfg, *, device: torch.device, perceptual: Optional[PerceptualDistance] = None) -> dict:
     """The per-image table and means of one checkpoint, printed with the protocol and recorded
     as `ganrun eval` records FID (eval.json beside it, an eval/* row in metrics.jsonl)."""
     from ganrun.checkpoint import load_checkpoint
-    from ganrun.config import choice
-    from ganrun.hardware import choose_device
     from ganrun.sampling import rebuild_from_checkpoint
     from ganrun.sr import load_pairs
 
-    device = choose_device(choice(cfg.device), cuda_available=torch.cuda.is_available())
     step = int(load_checkpoint(path)["progress"]["step"])
     recipe, G, config = rebuild_from_checkpoint(path, device=device, use_ema=cfg.ema)
     dataset = config.dataset
@@ -151,12 +224,14 @@ def evaluate_sr_checkpoint(path, cfg) -> dict:
     border = check_border(cfg.crop_border, recipe.scale)
     pairs = load_pairs(hr_dir=hr_dir, lr_dir=lr_dir, lr_name=lr_name, scale=recipe.scale, channels=dataset.channels)
     start = time.perf_counter()
-    rows = measure_pairs(recipe, G, pairs, border=border, device=device, tile=cfg.tile, overlap=cfg.tile_overlap)
+    rows = measure_pairs(recipe, G, pairs, border=border, device=device, tile=cfg.tile, overlap=cfg.tile_overlap,
+                         perceptual=perceptual)
     lr_source = f"{lr_dir} ({lr_name})" if lr_dir is not None else f"bicubic downscaling of {hr_dir} (torch, antialiased)"
     protocol = {
         "images": f"{len(rows)} pairs, HR from {hr_dir}",
         "generator": "G_ema" if cfg.ema else "G (raw)",
-        "measurement": protocol_text(scale=recipe.scale, border=border, lr_source=lr_source),
+        "measurement": protocol_text(scale=recipe.scale, border=border, lr_source=lr_source,
+                                     lpips=PerceptualDistance.description if perceptual else LPIPS_SKIPPED),
     }
     protocol["title"] = f"{protocol['generator']}, x{recipe.scale}, {protocol['images']}, crop_border={border}"
     print(f"{path} (step {step}), {protocol['generator']}: {protocol['images']}")

@@ -39,6 +39,13 @@ def test_help_lists_the_three_commands(capsys):
         assert f"\n  {command} " in out
 
 
+def test_help_piped_into_a_reader_that_leaves_early_prints_no_traceback():
+    reader = subprocess.run(f"{sys.executable} -m ganrun.cli eval --help | head -1", shell=True, capture_output=True,
+                            text=True, timeout=120)
+    assert reader.stdout.startswith("ganrun eval: FID, KID, IS")
+    assert "Traceback" not in reader.stderr and "BrokenPipeError" not in reader.stderr, reader.stderr
+
+
 def test_train_help_is_hydras_with_our_groups(capsys):
     code, out, _ = cli(capsys, "train", "--help")
     assert code == 0

@@ -21,7 +21,7 @@ from ganrun.errors import GanrunError
 from ganrun.models.srresnet import SRResNet
 from ganrun.sampling import rebuild_from_checkpoint
 from ganrun.sr import bicubic_downscale, load_paired_sr, tiled, to_float
-from ganrun.sr_metrics import measure, measure_pairs, rgb_to_y
+from ganrun.sr_metrics import LPIPS_BACKBONE_FILE, measure, measure_pairs, perceptual_distance_or_reason, rgb_to_y
 from ganrun.training import initialize_generator
 
 CPU = torch.device("cpu")
@@ -227,6 +227,42 @@ def test_y_channel_is_itu_r_bt601():
     assert torch.allclose(y, torch.tensor([16.0, 235.0, 16 + 65.481, 16 + 128.553, 16 + 24.966], dtype=torch.float64))
 
 
+def fake_lpips_backbone(torch_home: Path) -> None:
+    """A randomly initialised AlexNet where torchvision keeps its ImageNet weights: the plumbing
+    is what these tests check, not ImageNet's features."""
+    import torchvision
+
+    path = torch_home / "hub" / "checkpoints" / LPIPS_BACKBONE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
+
+
+def test_lpips_without_local_alexnet_weights_is_a_one_line_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    perceptual, reason = perceptual_distance_or_reason(device=CPU, allow_download=False)
+    assert perceptual is None and "\n" not in reason
+    assert f"not at {tmp_path / 'torch_home' / 'hub' / 'checkpoints' / LPIPS_BACKBONE_FILE}" in reason
+    assert "download=false" in reason and "TORCH_HOME" in reason
+
+
+def test_lpips_with_local_weights_matches_torchmetrics_on_the_cropped_images(tmp_path, monkeypatch):
+    from torchmetrics.functional.image import learned_perceptual_image_patch_similarity
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    fake_lpips_backbone(tmp_path / "torch_home")
+    perceptual, reason = perceptual_distance_or_reason(device=CPU, allow_download=False)
+    assert perceptual is not None and reason == ""
+    a, b = (torch.from_numpy(image).permute(2, 0, 1).contiguous() for image in textures(2, size=(40, 40)))
+    value = measure(a, b, border=4, perceptual=perceptual)["lpips"]
+    expected = learned_perceptual_image_patch_similarity(
+        (a[None, :, 4:-4, 4:-4].float() / 255), (b[None, :, 4:-4, 4:-4].float() / 255), net_type="alex", normalize=True)
+    assert value == pytest.approx(float(expected), rel=1e-5) and value > 0
+    assert measure(a, a, border=4, perceptual=perceptual)["lpips"] == pytest.approx(0.0, abs=1e-6)
+    gray = a[:1]  # one channel is compared as grey RGB
+    assert measure(gray, gray, border=4, perceptual=perceptual)["lpips"] == pytest.approx(0.0, abs=1e-6)
+
+
 # models and tiled inference
 
 
@@ -336,7 +372,8 @@ def test_validation_psnr_during_training_keeps_best_pt(hr_dir, tmp_path):
 # the commands
 
 
-def test_sample_super_resolves_a_folder_of_any_size_and_eval_reports_psnr(hr_dir, tmp_path, capsys):
+def test_sample_super_resolves_a_folder_of_any_size_and_eval_reports_psnr(hr_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # no LPIPS weights: a one-line note
     run_dir = tmp_path / "run"
     run_train(sr_overrides(hr_dir, **{"trainer.max_steps": 2}), run_dir)
     inputs = write_images(tmp_path / "photos", [textures(1, size=(13, 29))[0], textures(1, size=(30, 8))[0]], ["a", "b"])
@@ -350,14 +387,23 @@ def test_sample_super_resolves_a_folder_of_any_size_and_eval_reports_psnr(hr_dir
     lr_dir = write_images(tmp_path / "LR", [np.asarray(Image.open(p))[::4, ::4] for p in sorted(hr_dir.iterdir())],
                           [f"{p.stem}x4" for p in sorted(hr_dir.iterdir())])
     code, out, err = cli(capsys, "eval", f"ckpt={run_dir}", f"dataset.hr_dir={hr_dir}", f"dataset.lr_dir={lr_dir}",
-                         "dataset.lr_name='{stem}x4'")
+                         "dataset.lr_name='{stem}x4'", "download=false")
     assert code == 0, err
     assert "crop_border=4" in out and "ITU-R BT.601" in out and "img_005" in out and "mean" in out
+    assert out.count("LPIPS not computed: torchvision's ImageNet AlexNet weights are not at") == 1
     result = json.loads((run_dir / "checkpoints" / "eval.json").read_text())["last.pt"]
     assert result["metrics"]["psnr_y"] == pytest.approx(np.mean([row["sr"]["psnr_y"] for row in result["per_image"]]))
-    assert set(result["metrics"]) >= {"psnr_y", "ssim_y", "psnr", "ssim", "bicubic_psnr_y"}
-    code, out, err = cli(capsys, "eval", f"run={run_dir}", f"dataset.hr_dir={hr_dir}", "crop_border=0")  # every checkpoint
-    assert code == 0, err
+    assert set(result["metrics"]) == {"psnr_y", "ssim_y", "psnr", "ssim"} | {
+        f"bicubic_{key}" for key in ("psnr_y", "ssim_y", "psnr", "ssim")}
+    assert "LPIPS not computed" in result["protocol"]["measurement"]
+
+    fake_lpips_backbone(tmp_path / "torch_home")  # weights in the cache: an LPIPS column for SR and bicubic
+    code, out, err = cli(capsys, "eval", f"run={run_dir}", f"dataset.hr_dir={hr_dir}", "crop_border=0", "download=false")
+    assert code == 0, err  # every checkpoint
     assert "crop_border=0" in out and (run_dir / "eval_vs_step.png").is_file()
+    assert "lpips" in out.splitlines()[1] and "LPIPS not computed" not in out and "LPIPS v0.1 (AlexNet" in out
+    result = json.loads((run_dir / "checkpoints" / "eval.json").read_text())["step_0000002.pt"]
+    assert result["metrics"]["lpips"] == pytest.approx(np.mean([row["sr"]["lpips"] for row in result["per_image"]]))
+    assert result["metrics"]["lpips"] > 0 and result["metrics"]["bicubic_lpips"] > 0
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["eval/checkpoint"] for row in rows if "eval/psnr_y" in row] == ["last.pt", "step_0000002.pt"]
