@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -407,3 +410,19 @@ def test_sample_super_resolves_a_folder_of_any_size_and_eval_reports_psnr(hr_dir
     assert result["metrics"]["lpips"] > 0 and result["metrics"]["bicubic_lpips"] > 0
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["eval/checkpoint"] for row in rows if "eval/psnr_y" in row] == ["last.pt", "step_0000002.pt"]
+
+
+def test_sr_compare_script_prints_psnr_and_detail_and_draws_the_crops(hr_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    run_train(sr_overrides(hr_dir, **{"trainer.max_steps": 2}), run_dir)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "sr_compare.py"
+    figure = tmp_path / "crops.png"
+    done = subprocess.run([sys.executable, str(script), "--ckpt", f"tiny={run_dir}", "--hr", str(hr_dir), "--crop", "16",
+                           "--out", str(figure)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    mean = next(line for line in done.stdout.splitlines() if line.startswith("mean")).split()
+    assert mean[-2:] == ["100.0", "%"]  # HR against itself: all of its own detail
+    # an almost untrained G (bicubic skip) reads as bicubic: PSNR-Y dB and detail %
+    assert float(mean[1]) == pytest.approx(float(mean[5]), abs=0.5) and float(mean[3]) == pytest.approx(float(mean[7]), abs=5)
+    assert Image.open(figure).size[0] == 3 * (2 * 16 + 4) + 4  # bicubic | tiny | HR, zoomed x2, padded
