@@ -78,7 +78,7 @@ def ssim_valid(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 class PerceptualDistance:
-    """LPIPS of two uint8 (N, C, H, W) images in [0, 255] (lower = closer), via torchmetrics'
+    """LPIPS of two (N, C, H, W) batches with values in [0, 255] (lower = closer), via torchmetrics'
     LearnedPerceptualImagePatchSimilarity on the images scaled to [-1, 1]; one channel is
     repeated to RGB. Build it with `perceptual_distance_or_reason`."""
 

@@ -212,15 +212,36 @@ def test_experiments_compose_and_build(experiment, resolution, betas):
     assert images.shape == (2, 3, resolution, resolution)
 
 
-def test_conditional_dcgan_starts_with_a_quiet_label_code():
+@pytest.mark.parametrize("family", ["dcgan", "mlp"])
+def test_conditional_generator_starts_with_a_quiet_label_code(family):
     """At init the label code must not drown z: with nn.Embedding's N(0, 1) code cgan_mnist
-    collapsed to one image per class by step 500 (G learned to ignore z)."""
-    from ganrun.models.dcgan import Generator
+    collapsed to one image per class by step 500, and the MLP cGAN by step 4,000 (G learned to
+    ignore z)."""
+    from ganrun.models import dcgan, mlp
 
     torch.manual_seed(0)
-    G = Generator(z_dim=16, resolution=28, channels=1, width=8, num_classes=10).eval()
+    if family == "dcgan":
+        G = dcgan.Generator(z_dim=16, resolution=28, channels=1, width=8, num_classes=10)
+    else:
+        G = mlp.Generator(z_dim=16, resolution=28, channels=1, hidden=32, layers=2, num_classes=10)
+        G.train()(torch.randn(64, 16), torch.randint(0, 10, (64,)))  # BatchNorm running statistics
+    G.eval()
     z = torch.randn(32, 16)
     with torch.no_grad():
         across_z = G(z, torch.full((32,), 3)).std(dim=0).mean()
         across_labels = G(z[:1].expand(10, -1), torch.arange(10)).std(dim=0).mean()
     assert across_labels < 0.2 * across_z
+
+
+def test_mlp_generator_uses_batch_norm_for_images_and_not_for_points():
+    """Default (batch_norm=None): images get BatchNorm (without it the MNIST MLP GAN collapsed to
+    one blob in 4k steps), 2-D points do not (the toy benchmarks' MLPs); explicit values win."""
+    from ganrun.models.mlp import Generator
+
+    def has_batch_norm(G: torch.nn.Module) -> bool:
+        return any(isinstance(module, torch.nn.BatchNorm1d) for module in G.modules())
+
+    assert has_batch_norm(Generator(resolution=28, channels=1))
+    assert not has_batch_norm(Generator(resolution=0, channels=2))
+    assert not has_batch_norm(Generator(resolution=28, channels=1, batch_norm=False))
+    assert has_batch_norm(Generator(resolution=0, channels=2, batch_norm=True))

@@ -47,12 +47,17 @@ class Generator(nn.Module):
         channels: int = 1,
         hidden: int = 256,
         layers: int = 3,
-        batch_norm: bool = False,
+        batch_norm: Optional[bool] = None,
         num_classes: int = 0,
     ):
         super().__init__()
         _check_depth(hidden, layers)
         self.data_shape = _data_shape(resolution, channels)
+        if batch_norm is None:
+            # Images: BatchNorm in G (as the common MLP-GAN MNIST code has it); without it this G
+            # collapsed to one blob on MNIST within 4k steps while D saturated. Points: none, as
+            # the toy benchmarks' MLPs, which cover the modes without it.
+            batch_norm = bool(resolution)
         self.embed = nn.Embedding(num_classes, z_dim) if num_classes else None  # concatenated to z
         blocks: list[nn.Module] = []
         width = 2 * z_dim if num_classes else z_dim
@@ -63,6 +68,10 @@ class Generator(nn.Module):
         if resolution:  # images live in [-1, 1]; toy points do not (ring radius 2, grid up to 4)
             blocks.append(nn.Tanh())
         self.main = nn.Sequential(*blocks)
+        if self.embed is not None:
+            # A quiet label code (as dcgan.Generator's, for the same reason): with nn.Embedding's
+            # N(0, 1) G mapped each MNIST class to one image and ignored z.
+            nn.init.normal_(self.embed.weight, 0.0, 0.02)
 
     def forward(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.embed is not None:
