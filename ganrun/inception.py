@@ -212,7 +212,7 @@ def find_inception_weights(*, cache_dir: Path, allow_download: bool = True) -> I
     if standard_path.is_file():
         return InceptionWeights(path=standard_path, source=f"torch-fidelity ({standard_path})", has_logits=True)
 
-    if allow_download and _try_download(standard_path):
+    if allow_download and try_download(TORCH_FIDELITY_WEIGHTS_URL, standard_path):
         return InceptionWeights(
             path=standard_path, source=f"torch-fidelity (downloaded from {TORCH_FIDELITY_WEIGHTS_URL})", has_logits=True
         )
@@ -236,11 +236,11 @@ def find_inception_weights(*, cache_dir: Path, allow_download: bool = True) -> I
     )
 
 
-def _try_download(destination: Path) -> bool:
-    """Fetch torch-fidelity's file quietly; False on any failure (offline, proxy, disk full)."""
+def try_download(url: str, destination: Path) -> bool:
+    """Fetch a weights file quietly; False on any failure (offline, proxy, disk full)."""
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(TORCH_FIDELITY_WEIGHTS_URL, str(destination), progress=False)
+        torch.hub.download_url_to_file(url, str(destination), progress=False)
     except Exception:
         return False
     return destination.is_file()

@@ -28,8 +28,6 @@ from ganrun.evaluation import TrainingEvaluator, record_result
 from ganrun.sr import Pair, bicubic_upscale, tiled, to_float, to_uint8
 
 SR_METRICS = ("psnr_y", "ssim_y", "psnr", "ssim")
-LPIPS_BACKBONE_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet_Weights.IMAGENET1K_V1
-LPIPS_BACKBONE_URL = f"https://download.pytorch.org/models/{LPIPS_BACKBONE_FILE}"
 LPIPS_SKIPPED = "LPIPS not computed (no ImageNet AlexNet weights in the torch hub cache)"
 # ITU-R BT.601 for RGB in [0, 255]: Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255
 BT601_Y = (65.481, 128.553, 24.966)
@@ -98,25 +96,28 @@ class PerceptualDistance:
         return float(self.metric(*pair))
 
 
+def lpips_backbone_url() -> str:
+    from torchvision.models import AlexNet_Weights
+
+    return AlexNet_Weights.IMAGENET1K_V1.url  # what torchmetrics' LPIPS loads through torchvision
+
+
 def lpips_backbone_path() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONE_FILE
+    """Where torchvision looks for (and downloads) that file: the torch hub cache."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(lpips_backbone_url()).name
 
 
 def perceptual_distance_or_reason(*, device: torch.device, allow_download: bool) -> tuple[Optional[PerceptualDistance], str]:
     """(LPIPS, "") when AlexNet's ImageNet weights are in the torch hub cache or, if allowed, can
     be fetched there; else (None, the one-line reason and fix)."""
-    path = lpips_backbone_path()
-    if not path.is_file() and allow_download:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(LPIPS_BACKBONE_URL, str(path), progress=False)
-        except Exception:  # offline, proxy, disk full: all mean "not available"
-            pass
-    if not path.is_file():
+    from ganrun.inception import try_download
+
+    url, path = lpips_backbone_url(), lpips_backbone_path()
+    if not path.is_file() and not (allow_download and try_download(url, path)):
         tried = "the download failed" if allow_download else "downloading is disabled (download=false)"
         return None, (
             f"LPIPS not computed: torchvision's ImageNet AlexNet weights are not at {path} ({tried}); "
-            f"put {LPIPS_BACKBONE_FILE} from {LPIPS_BACKBONE_URL} there (or point TORCH_HOME at a cache that has it)"
+            f"put {path.name} from {url} there (or point TORCH_HOME at a cache that has it)"
         )
     return PerceptualDistance(device=device), ""
 

@@ -24,7 +24,7 @@ from ganrun.errors import GanrunError
 from ganrun.models.srresnet import SRResNet
 from ganrun.sampling import rebuild_from_checkpoint
 from ganrun.sr import bicubic_downscale, load_paired_sr, tiled, to_float
-from ganrun.sr_metrics import LPIPS_BACKBONE_FILE, measure, measure_pairs, perceptual_distance_or_reason, rgb_to_y
+from ganrun.sr_metrics import lpips_backbone_path, measure, measure_pairs, perceptual_distance_or_reason, rgb_to_y
 from ganrun.training import initialize_generator
 
 CPU = torch.device("cpu")
@@ -230,12 +230,13 @@ def test_y_channel_is_itu_r_bt601():
     assert torch.allclose(y, torch.tensor([16.0, 235.0, 16 + 65.481, 16 + 128.553, 16 + 24.966], dtype=torch.float64))
 
 
-def fake_lpips_backbone(torch_home: Path) -> None:
-    """A randomly initialised AlexNet where torchvision keeps its ImageNet weights: the plumbing
-    is what these tests check, not ImageNet's features."""
+def fake_lpips_backbone() -> None:
+    """A randomly initialised AlexNet where torchvision keeps its ImageNet weights ($TORCH_HOME,
+    set by the test): the plumbing is what these tests check, not ImageNet's features."""
     import torchvision
 
-    path = torch_home / "hub" / "checkpoints" / LPIPS_BACKBONE_FILE
+    path = lpips_backbone_path()
+    assert path.name == "alexnet-owt-7be5be79.pth"
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
@@ -245,7 +246,7 @@ def test_lpips_without_local_alexnet_weights_is_a_one_line_reason(tmp_path, monk
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     perceptual, reason = perceptual_distance_or_reason(device=CPU, allow_download=False)
     assert perceptual is None and "\n" not in reason
-    assert f"not at {tmp_path / 'torch_home' / 'hub' / 'checkpoints' / LPIPS_BACKBONE_FILE}" in reason
+    assert f"not at {tmp_path / 'torch_home' / 'hub' / 'checkpoints' / 'alexnet-owt-7be5be79.pth'}" in reason
     assert "download=false" in reason and "TORCH_HOME" in reason
 
 
@@ -253,7 +254,7 @@ def test_lpips_with_local_weights_matches_torchmetrics_on_the_cropped_images(tmp
     from torchmetrics.functional.image import learned_perceptual_image_patch_similarity
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    fake_lpips_backbone(tmp_path / "torch_home")
+    fake_lpips_backbone()
     perceptual, reason = perceptual_distance_or_reason(device=CPU, allow_download=False)
     assert perceptual is not None and reason == ""
     a, b = (torch.from_numpy(image).permute(2, 0, 1).contiguous() for image in textures(2, size=(40, 40)))
@@ -400,7 +401,7 @@ def test_sample_super_resolves_a_folder_of_any_size_and_eval_reports_psnr(hr_dir
         f"bicubic_{key}" for key in ("psnr_y", "ssim_y", "psnr", "ssim")}
     assert "LPIPS not computed" in result["protocol"]["measurement"]
 
-    fake_lpips_backbone(tmp_path / "torch_home")  # weights in the cache: an LPIPS column for SR and bicubic
+    fake_lpips_backbone()  # weights in the cache: an LPIPS column for SR and bicubic
     code, out, err = cli(capsys, "eval", f"run={run_dir}", f"dataset.hr_dir={hr_dir}", "crop_border=0", "download=false")
     assert code == 0, err  # every checkpoint
     assert "crop_border=0" in out and (run_dir / "eval_vs_step.png").is_file()
