@@ -196,12 +196,12 @@ def preflight_train(args: list[str]) -> list[str]:
             known_keys = _known_keys(compose("train"))
         raise GanrunError(_explain_compose_error(error, known_keys)) from None
 
-    from ganrun import distributed
+    from ganrun.loop import distributed
 
     context = distributed.init_process_group()  # no-op unless under torchrun
     extra: list[str] = []
     if resume not in (None, "null"):
-        from ganrun.checkpoint import load_checkpoint, resolve_checkpoint_path, run_dir_of
+        from ganrun.loop.checkpoint import load_checkpoint, resolve_checkpoint_path, run_dir_of
 
         checkpoint_path = resolve_checkpoint_path(resume)
         load_checkpoint(checkpoint_path)  # truncated / foreign files fail here, before any output
@@ -222,7 +222,7 @@ def preflight_train(args: list[str]) -> list[str]:
 
 
 def preflight_sample(args: list[str]) -> list[str]:
-    from ganrun.checkpoint import load_checkpoint, resolve_checkpoint_path
+    from ganrun.loop.checkpoint import load_checkpoint, resolve_checkpoint_path
 
     checked = _first_values([arg for arg in args if not arg.startswith("-")])
     ckpt = next((value for override, value in checked if override.key_or_group == "ckpt"), None)
@@ -233,8 +233,8 @@ def preflight_sample(args: list[str]) -> list[str]:
 
 
 def preflight_eval(args: list[str]) -> list[str]:
-    from ganrun.checkpoint import load_checkpoint, resolve_checkpoint_path
-    from ganrun.metrics import check_metric_names
+    from ganrun.loop.checkpoint import load_checkpoint, resolve_checkpoint_path
+    from ganrun.metrics.fidelity import check_metric_names
 
     parsed = _first_values([arg for arg in args if not arg.startswith("-")])
     checked = {override.key_or_group: value for override, value in parsed}
@@ -273,7 +273,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     finally:
-        from ganrun import distributed
+        from ganrun.loop import distributed
 
         distributed.destroy()
 

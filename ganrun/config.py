@@ -18,7 +18,6 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ganrun.alarms import AlarmSettings
 from ganrun.errors import GanrunError
 
 # helpers
@@ -52,6 +51,23 @@ def choice(value: Any) -> str:
 # schemas
 
 
+@dataclass
+class AlarmSettings:
+    """trainer.alarms: the thresholds of the collapse/divergence alarms (ganrun/loop/alarms.py)."""
+
+    enabled: bool = True
+    window: int = 5  # consecutive log points a condition must hold before it fires
+    # D calls at least this share of fakes fake, over whole log windows. A healthy DCGAN on MNIST
+    # sits at 0.93-0.99 with single windows at 0.999-1.0, so both the level and the run length
+    # are set above that (0.99 for 3 windows fired on a healthy cgan_mnist run).
+    d_saturation: float = 0.999
+    g_loss_factor: float = 10.0  # G's loss this many times its median so far ...
+    g_loss_floor: float = 5.0  # ... and above this absolute value
+    vanishing_ratio: float = 1e-3  # a gradient norm this small relative to its largest so far
+    modes_drop: int = 2  # modes covered this many below the best count so far
+
+
+@dataclass
 @dataclass
 class EMAConfig:
     enabled: bool = True
@@ -271,8 +287,8 @@ def validate_train_config(cfg: DictConfig) -> None:
     )
     _require(cfg.eval.every >= 0, f"eval.every must be >= 0 (0 = no in-training evaluation), got {cfg.eval.every}")
     if cfg.eval.every:
-        from ganrun.metrics import check_metric_names, metric_keys
-        from ganrun.sr_metrics import SR_METRICS
+        from ganrun.metrics.fidelity import check_metric_names, metric_keys
+        from ganrun.metrics.image_quality import SR_METRICS
 
         names = [str(name).lower() for name in cfg.eval.metrics]
         if names and set(names) <= set(SR_METRICS):  # super-resolution runs: PSNR/SSIM, one key each

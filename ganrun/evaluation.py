@@ -14,12 +14,13 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ganrun.checkpoint import load_checkpoint, numbered_checkpoints, resolve_checkpoint_path, run_dir_of
+from ganrun.loop.checkpoint import load_checkpoint, numbered_checkpoints, resolve_checkpoint_path, run_dir_of
 from ganrun.config import build, choice
-from ganrun.data import ImageData, cache_dir, load_image_folder
+from ganrun.data import ImageData, load_image_folder
+from ganrun.files import cache_dir
 from ganrun.errors import GanrunError
 from ganrun.hardware import choose_device
-from ganrun.metrics import (
+from ganrun.metrics.fidelity import (
     RESIZE,
     FeatureExtractor,
     check_metric_names,
@@ -58,7 +59,7 @@ def _update_json(path: Path, key: str, value: dict) -> None:
 
 
 def evaluate(cfg: DictConfig) -> list[dict]:
-    from ganrun.sr_metrics import evaluate_sr_checkpoints, is_super_resolution  # it imports this module
+    from ganrun.metrics.image_quality import evaluate_sr_checkpoints, is_super_resolution  # it imports this module
 
     folders = cfg.real is not None or cfg.fake is not None
     if cfg.run is not None and not folders:
@@ -193,7 +194,7 @@ def publish_to_wandb(results: list[dict], *, checkpoint_path: Path, requested_mo
 
     The training run is resumed by its id, so the metrics sit beside its losses; a run trained
     without W&B gets nothing unless `wandb=online|offline` asks for a new run."""
-    from ganrun.tracking import Tracker
+    from ganrun.loop.tracking import Tracker
 
     checkpoint = load_checkpoint(checkpoint_path)
     run_id = checkpoint.get("tracker", {}).get("run_id")

@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import save_image
 
-from ganrun.checkpoint import load_checkpoint, resolve_checkpoint_path, run_dir_of
+from ganrun.loop.checkpoint import load_checkpoint, resolve_checkpoint_path, run_dir_of
 from ganrun.config import build, choice
 from ganrun.errors import GanrunError
 from ganrun.hardware import choose_device
@@ -46,7 +46,7 @@ def rebuild_from_checkpoint(path: Path, *, device: torch.device, use_ema: bool =
         raise GanrunError(f"{path}: the network weights do not fit its own config ({str(error).splitlines()[0]})") from None
     for network in recipe.networks.values():
         network.to(device).eval().requires_grad_(False)
-    from ganrun.toy import scatter_reference_for  # toy imports data, which imports nothing of ours here
+    from ganrun.data.toy import scatter_reference_for  # toy imports data, which imports nothing of ours here
 
     # Scatter plots of 2-D outputs draw the data's mode rings, rebuilt from the config alone.
     recipe.scatter_reference = scatter_reference_for(checkpoint["config"]["dataset"])
@@ -76,7 +76,7 @@ def _real_images_for(checkpoint_path: Path, config: DictConfig, count: int) -> t
 
 def _super_resolve_folder(recipe: Recipe, G: torch.nn.Module, cfg: DictConfig, config: DictConfig,
                           device: torch.device) -> list[Path]:
-    from ganrun.sr import super_resolve_folder
+    from ganrun.data.paired_sr import super_resolve_folder
 
     if not hasattr(recipe, "super_resolve"):
         raise GanrunError(f"input_dir=/out_dir= need a super-resolution checkpoint; {cfg.ckpt} is {config.model._target_}")

@@ -16,9 +16,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from ganrun import __version__, distributed
-from ganrun.alarms import AlarmSettings, Alarms
-from ganrun.checkpoint import (
+from ganrun import __version__
+from ganrun.config import AlarmSettings
+from ganrun.loop.alarms import Alarms
+from ganrun.loop.checkpoint import (
     FORMAT,
     atomic_save,
     capture_rng,
@@ -29,12 +30,13 @@ from ganrun.checkpoint import (
 )
 from ganrun.config import TrainConfig, build, choice, to_plain, validate_train_config
 from ganrun.data import ImageData
-from ganrun.ema import EMA
+from ganrun.loop import distributed
+from ganrun.loop.ema import EMA
 from ganrun.errors import GanrunError, TrainingDiverged
 from ganrun.evaluation import TrainingEvaluator
 from ganrun.hardware import choose_device, choose_precision, cpu_supports_bf16, describe, use_channels_last
 from ganrun.recipes.base import Recipe, Stepper
-from ganrun.tracking import Tracker, truncate_metrics
+from ganrun.loop.tracking import Tracker, truncate_metrics
 
 # helpers
 

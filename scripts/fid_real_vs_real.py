@@ -21,8 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ganrun.config import build  # noqa: E402
-from ganrun.data import ImageData, cache_dir  # noqa: E402
-from ganrun.metrics import FeatureExtractor, compute_metrics, format_result, reference_features  # noqa: E402
+from ganrun.data import ImageData  # noqa: E402
+from ganrun.files import cache_dir  # noqa: E402
+from ganrun.metrics.fidelity import FeatureExtractor, compute_metrics, format_result, reference_features  # noqa: E402
 
 LOADERS = {
     "mnist": "ganrun.data.load_mnist_family",

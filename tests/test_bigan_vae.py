@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import cli, compose_train, make_mnist, run_train, tiny_overrides
 from fixtures_data import write_idx_file
-from ganrun.checkpoint import LAST, load_checkpoint
+from ganrun.loop.checkpoint import LAST, load_checkpoint
 from ganrun.config import build
 from ganrun.errors import GanrunError
 from ganrun.sampling import rebuild_from_checkpoint
@@ -97,7 +97,7 @@ def test_two_steps_with_finite_losses_and_a_reconstruction_grid(model, mnist_roo
 
 
 def make_mnist_first_image(root: Path) -> torch.Tensor:
-    from ganrun.data import read_idx
+    from ganrun.data.images import read_idx
 
     return read_idx(root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz")[:1].float().div(127.5).sub(1.0)
 

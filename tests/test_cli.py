@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from conftest import cli, run_train, tiny_overrides
-from ganrun.checkpoint import LAST, load_checkpoint
+from ganrun.loop.checkpoint import LAST, load_checkpoint
 
 
 

@@ -31,7 +31,7 @@ from fixtures_data import (  # noqa: F401  (data_cache is an autouse fixture; ci
     write_idx_file,
     write_mnist,
 )
-from ganrun.data import (
+from ganrun.data.images import (
     Batches,
     ImageData,
     epoch_indices,

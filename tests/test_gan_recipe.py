@@ -13,8 +13,8 @@ from PIL import Image
 from torch import nn
 
 from conftest import cli, run_train, tiny_overrides
-from ganrun.checkpoint import LAST, load_checkpoint
-from ganrun.diffaugment import DiffAugment
+from ganrun.loop.checkpoint import LAST, load_checkpoint
+from ganrun.models.diffaugment import DiffAugment
 from ganrun.errors import GanrunError
 from ganrun.losses import HingeLoss, NonSaturatingLoss, WassersteinLoss
 from ganrun.models.dcgan import Discriminator, Generator

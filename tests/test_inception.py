@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ganrun import inception
+from ganrun.metrics.fidelity import inception
 from ganrun.errors import GanrunError
-from ganrun.inception import InceptionWeights, find_inception_weights, load_feature_extractor
+from ganrun.metrics.inception import InceptionWeights, find_inception_weights, load_feature_extractor
 
 FEATURE_TOLERANCE = 1e-4
 

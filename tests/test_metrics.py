@@ -13,10 +13,10 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from conftest import cli, run_train, tiny_overrides
-from ganrun.checkpoint import LAST
+from ganrun.loop.checkpoint import LAST
 from ganrun.data import ImageData
 from ganrun.errors import GanrunError
-from ganrun.metrics import FeatureExtractor, check_metric_names, compute_metrics, reference_features, to_uint8_rgb
+from ganrun.metrics.fidelity import FeatureExtractor, check_metric_names, compute_metrics, reference_features, to_uint8_rgb
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 COUNT = 100  # images per set: enough to order FIDs, small enough for ~10 s of Inception per set
@@ -94,7 +94,7 @@ def test_bf16_inception_moves_fid_by_far_less_than_its_signal(extractor):
 
 def test_feature_precision_auto_follows_the_hardware(monkeypatch):
     from ganrun import hardware
-    from ganrun.metrics import choose_feature_precision
+    from ganrun.metrics.fidelity import choose_feature_precision
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(hardware, "cpu_supports_bf16", lambda: True)
@@ -181,7 +181,7 @@ def test_inception_score_is_refused_without_the_logits_layer(capsys, trained_run
 
 
 def test_in_training_evaluation_logs_and_keeps_best(mnist_root, tmp_path):
-    from ganrun.checkpoint import load_checkpoint
+    from ganrun.loop.checkpoint import load_checkpoint
 
     run_dir = tmp_path / "run"
     evaluation = {"eval.every": 2, "eval.num_samples": 16, "eval.batch_size": 8, "eval.metrics": "[fid,prc]",
@@ -210,7 +210,7 @@ def test_eval_of_a_run_draws_the_table_and_updates_the_training_runs_wandb_summa
     monkeypatch.delenv("WANDB_MODE")
     run_dir = tmp_path / "run"
     run_train(tiny_overrides(mnist_root, **{"logger.mode": "offline"}), run_dir)
-    from ganrun.checkpoint import load_checkpoint
+    from ganrun.loop.checkpoint import load_checkpoint
 
     run_id = load_checkpoint(run_dir / "checkpoints" / LAST)["tracker"]["run_id"]
     code, out, err = cli(capsys, "eval", f"run={run_dir}", "num_samples=16", "batch_size=8", "metrics=[fid]", "download=false")

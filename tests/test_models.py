@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import compose_train, run_train, tiny_overrides
-from ganrun.checkpoint import LAST, load_checkpoint
+from ganrun.loop.checkpoint import LAST, load_checkpoint
 from ganrun.config import build
 from ganrun.errors import GanrunError
 from ganrun.models import dcgan, mlp, sagan, sngan

@@ -18,13 +18,14 @@ from conftest import cli, compose_train, run_train
 from PIL import Image
 from test_models import one_thread  # noqa: F401  (autouse: tiny nets run several times faster on one thread)
 
-from ganrun.checkpoint import load_checkpoint
+from ganrun.loop.checkpoint import load_checkpoint
 from ganrun.config import build
 from ganrun.errors import GanrunError
 from ganrun.models.srresnet import SRResNet
 from ganrun.sampling import rebuild_from_checkpoint
-from ganrun.sr import bicubic_downscale, load_paired_sr, tiled, to_float
-from ganrun.sr_metrics import lpips_backbone_path, measure, measure_pairs, perceptual_distance_or_reason, rgb_to_y
+from ganrun.data.paired_sr import load_paired_sr
+from ganrun.imaging import bicubic_downscale, tiled, to_float
+from ganrun.metrics.image_quality import lpips_backbone_path, measure, measure_pairs, perceptual_distance_or_reason, rgb_to_y
 from ganrun.training import initialize_generator
 
 CPU = torch.device("cpu")

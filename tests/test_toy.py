@@ -13,10 +13,10 @@ from PIL import Image
 
 from conftest import cli, run_train
 from test_models import one_thread  # noqa: F401  (autouse: tiny MLPs run fastest on one thread)
-from ganrun.checkpoint import LAST, load_checkpoint
+from ganrun.loop.checkpoint import LAST, load_checkpoint
 from ganrun.data import Batches
 from ganrun.errors import GanrunError
-from ganrun.toy import grid_centres, load_grid, load_ring, mode_coverage, ring_centres, save_scatter, scatter_reference_for
+from ganrun.data.toy import grid_centres, load_grid, load_ring, mode_coverage, ring_centres, save_scatter, scatter_reference_for
 
 
 # data

@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import make_image_folder, make_mnist, run_train, tiny_overrides
 from fixtures_data import make_cifar
-from ganrun.checkpoint import FORMAT, LAST, atomic_save, load_checkpoint, numbered_checkpoints, write_checkpoint
+from ganrun.loop.checkpoint import FORMAT, LAST, atomic_save, load_checkpoint, numbered_checkpoints, write_checkpoint
 from ganrun.errors import GanrunError, TrainingDiverged
 
 

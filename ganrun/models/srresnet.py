@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ganrun.errors import GanrunError
-from ganrun.sr import bicubic_upscale, check_scale
+from ganrun.imaging import bicubic_upscale, check_scale
 
 # helpers
 

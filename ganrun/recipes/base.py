@@ -90,7 +90,7 @@ class Recipe:
     generator_name = "G"
     # Class-conditional recipes set this > 0; `ganrun sample labels=[...]` needs it.
     num_classes = 0
-    # Keyword arguments of ganrun.toy.save_scatter for 2-D outputs (mode centres, std); the
+    # Keyword arguments of ganrun.data.toy.save_scatter for 2-D outputs (mode centres, std); the
     # loop copies them from the dataset's `scatter_reference` when it has one.
     scatter_reference: dict | None = None
     # Recipes with an encoder (BiGAN, VAE) set this: their grids pair real images with their
@@ -133,7 +133,7 @@ class Recipe:
         """Write rendered outputs as one picture: an image grid, or for 2-D points (N, 2) a
         scatter plot over `scatter_reference` (the toy data's mode centres, when known)."""
         if outputs.ndim == 2:
-            from ganrun.toy import save_scatter
+            from ganrun.data.toy import save_scatter
 
             save_scatter(outputs, path, **(self.scatter_reference or {}))
             return

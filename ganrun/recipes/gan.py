@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from ganrun.diffaugment import DiffAugment
+from ganrun.models.diffaugment import DiffAugment
 from ganrun.errors import GanrunError
 from ganrun.recipes.base import Recipe, Stepper, frozen
 

@@ -24,7 +24,7 @@ from ganrun.errors import GanrunError
 from ganrun.losses import NonSaturatingLoss
 from ganrun.recipes.base import Recipe, Stepper, frozen
 from ganrun.recipes.reconstruction import evaluating
-from ganrun.sr import bicubic_downscale, bicubic_upscale, check_scale, to_float, to_uint8
+from ganrun.imaging import bicubic_downscale, bicubic_upscale, check_scale, to_float, to_uint8
 
 # helpers
 

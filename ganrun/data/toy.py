@@ -22,7 +22,8 @@ from typing import Any, Mapping, Optional
 import torch
 from PIL import Image, ImageDraw
 
-from ganrun.data import ImageData
+from ganrun.config import build
+from ganrun.data.images import ImageData
 from ganrun.errors import GanrunError
 
 # helpers
@@ -171,9 +172,7 @@ def load_grid(*, name: str = "grid25", side: int = 5, spacing: float = 2.0, std:
 def scatter_reference_for(dataset: Mapping[str, Any]) -> Optional[dict]:
     """`save_scatter`'s reference (mode centres, std) from a dataset config alone, or None for
     datasets that are not toy mixtures: what `ganrun sample` needs to draw a checkpoint's rings."""
-    from ganrun.config import build
-
-    if dataset.get("_target_") not in (f"{__name__}.load_ring", f"{__name__}.load_grid"):
+    if str(dataset.get("_target_", "")).rsplit(".", 1)[-1] not in ("load_ring", "load_grid"):
         return None
     settings = {key: value for key, value in dataset.items() if key != "source"}
     return build({**settings, "num_points": 1}).scatter_reference

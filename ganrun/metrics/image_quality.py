@@ -25,7 +25,8 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 
 from ganrun.errors import GanrunError
 from ganrun.evaluation import TrainingEvaluator, record_result
-from ganrun.sr import Pair, bicubic_upscale, tiled, to_float, to_uint8
+from ganrun.data.paired_sr import Pair
+from ganrun.imaging import bicubic_upscale, tiled, to_float, to_uint8
 
 SR_METRICS = ("psnr_y", "ssim_y", "psnr", "ssim")
 LPIPS_SKIPPED = "LPIPS not computed (no ImageNet AlexNet weights in the torch hub cache)"
@@ -110,7 +111,7 @@ def lpips_backbone_path() -> Path:
 def perceptual_distance_or_reason(*, device: torch.device, allow_download: bool) -> tuple[Optional[PerceptualDistance], str]:
     """(LPIPS, "") when AlexNet's ImageNet weights are in the torch hub cache or, if allowed, can
     be fetched there; else (None, the one-line reason and fix)."""
-    from ganrun.inception import try_download
+    from ganrun.metrics.inception import try_download
 
     url, path = lpips_backbone_url(), lpips_backbone_path()
     if not path.is_file() and not (allow_download and try_download(url, path)):
@@ -205,9 +206,9 @@ def evaluate_sr_checkpoints(paths: Sequence[Path], cfg) -> list[dict]:
 def evaluate_sr_checkpoint(path, cfg, *, device: torch.device, perceptual: Optional[PerceptualDistance] = None) -> dict:
     """The per-image table and means of one checkpoint, printed with the protocol and recorded
     as `ganrun eval` records FID (eval.json beside it, an eval/* row in metrics.jsonl)."""
-    from ganrun.checkpoint import load_checkpoint
+    from ganrun.loop.checkpoint import load_checkpoint
     from ganrun.sampling import rebuild_from_checkpoint
-    from ganrun.sr import load_pairs
+    from ganrun.data.paired_sr import load_pairs
 
     step = int(load_checkpoint(path)["progress"]["step"])
     recipe, G, config = rebuild_from_checkpoint(path, device=device, use_ema=cfg.ema)

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Optional
+
+from ganrun.config import AlarmSettings
 
 # scalar names the loop logs
 D_FAKE_ACCURACY = "stat/D_acc_fake"
@@ -23,23 +25,6 @@ GRAD_NORM_PREFIX = "grad_norm/"
 G_LOSS_PREFIX = "loss/G/"
 
 
-@dataclass
-class AlarmSettings:
-    """trainer.alarms in the config (see ganrun/config.py for the documented defaults)."""
-
-    enabled: bool = True
-    window: int = 5  # consecutive log points a condition must hold before it fires
-    # D calls at least this share of fakes fake, over whole log windows. A healthy DCGAN on MNIST
-    # sits at 0.93-0.99 with single windows at 0.999-1.0, so both the level and the run length
-    # are set above that (0.99 for 3 windows fired on a healthy cgan_mnist run).
-    d_saturation: float = 0.999
-    g_loss_factor: float = 10.0  # G's loss this many times its median so far ...
-    g_loss_floor: float = 5.0  # ... and above this absolute value
-    vanishing_ratio: float = 1e-3  # a gradient norm this small relative to its largest so far
-    modes_drop: int = 2  # modes covered this many below the best count so far
-
-
-@dataclass
 class Alarms:
     HISTORY = 200  # log points of G loss kept for the median (checkpointed, so bounded)
 

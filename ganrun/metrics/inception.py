@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from ganrun.checkpoint import atomic_save
+from ganrun.files import atomic_save
 from ganrun.errors import GanrunError
 
 if TYPE_CHECKING:

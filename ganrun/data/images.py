@@ -28,15 +28,9 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
 from ganrun.errors import GanrunError
+from ganrun.files import cache_dir
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("GANRUN_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ganrun"
-    )
-    return Path(base)
 
 
 def warn(message: str) -> None:
@@ -54,7 +48,7 @@ class ImageData:
     """A dataset ready for training: in memory (`images`) or streamed from `files`."""
 
     source: str  # what was loaded, from where: recorded in the run's config and W&B
-    images: Optional[torch.Tensor] = None  # uint8 (N, C, H, W), or float points (N, D) (ganrun.toy)
+    images: Optional[torch.Tensor] = None  # uint8 (N, C, H, W), or float points (N, D) (ganrun.data.toy)
     labels: Optional[torch.Tensor] = None  # int64 (N,)
     files: Optional[list[Path]] = None
     resolution: int = 0
@@ -64,7 +58,7 @@ class ImageData:
         return len(self.images) if self.images is not None else len(self.files)
 
     # Hooks the loop calls; datasets with their own batch format (paired super-resolution
-    # crops, ganrun/sr.py) override them.
+    # crops, ganrun/data/paired_sr.py) override them.
 
     def batches(self, **settings) -> "Batches":
         """The endless, resumable training stream (`settings`: Batches' keyword arguments)."""
@@ -79,12 +73,6 @@ class ImageData:
         else:
             images = torch.stack([decode_image(p, resolution=self.resolution, channels=self.channels) for p in self.files[:count]])
         return images.float().div(127.5).sub(1.0)
-
-    def training_evaluator(self, *, settings, dataset_cfg: dict, device: torch.device):
-        """What `eval.every` runs during training: FID & co. against the held-out split."""
-        from ganrun.evaluation import TrainingEvaluator  # evaluation imports this module
-
-        return TrainingEvaluator(settings=settings, dataset_cfg=dataset_cfg, device=device)
 
 
 # preprocessing

@@ -20,57 +20,18 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from ganrun.data import ImageData, list_images
+from ganrun.data.images import ImageData, list_images
 from ganrun.errors import GanrunError
-
-SCALES = (2, 3, 4)
+from ganrun.imaging import bicubic_downscale, check_scale, mod_crop, to_float
 
 # helpers
-
-
-def check_scale(scale: int, key: str = "dataset.scale") -> int:
-    if scale not in SCALES:
-        raise GanrunError(f"{key} must be 2, 3 or 4, got {scale}")
-    return scale
-
-
-def bicubic_downscale(images: torch.Tensor, scale: int) -> torch.Tensor:
-    """uint8 (..., C, H, W) -> uint8 (..., C, H // scale, W // scale): antialiased bicubic,
-    rounded to uint8 as a saved LR image is. H and W must be multiples of `scale`."""
-    height, width = images.shape[-2:]
-    resized = TF.resize(images.float(), [height // scale, width // scale], interpolation=InterpolationMode.BICUBIC,
-                        antialias=True)
-    return resized.round_().clamp_(0, 255).to(torch.uint8)
-
-
-def bicubic_upscale(images: torch.Tensor, scale: int) -> torch.Tensor:
-    """Float (N, C, h, w) -> (N, C, h * scale, w * scale): the bicubic baseline and the models'
-    global skip (same call, so 'SR equals bicubic' means exactly that)."""
-    return F.interpolate(images, scale_factor=scale, mode="bicubic", align_corners=False)
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 -> float in [-1, 1]."""
-    return images.float().div(127.5).sub(1.0)
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Float in [-1, 1] -> uint8, quantized as a saved PNG is."""
-    return images.float().add(1).mul(127.5).round_().clamp_(0, 255).to(torch.uint8)
-
-
-def mod_crop(image: torch.Tensor, scale: int) -> torch.Tensor:
-    height, width = image.shape[-2:]
-    return image[..., : height - height % scale, : width - width % scale]
 
 
 def read_image(path: Path, *, channels: int) -> torch.Tensor:
@@ -181,11 +142,6 @@ class PairedSRData(ImageData):
         crops = [TF.center_crop(mod_crop(pair.hr, self.scale), [self.hr_patch, self.hr_patch]) for pair in pairs]
         return to_float(torch.stack(crops))
 
-    def training_evaluator(self, *, settings, dataset_cfg: dict, device: torch.device):
-        from ganrun.sr_metrics import ValidationPSNR
-
-        return ValidationPSNR(settings=settings, pairs=self.validation, scale=self.scale, device=device)
-
 
 def load_paired_sr(
     *,
@@ -281,56 +237,3 @@ class PairedBatches:
     def _to_device(self, images: torch.Tensor) -> torch.Tensor:
         images = to_float(images.to(self.device, non_blocking=True))
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
-
-
-# inference on whole images
-
-
-def tiled(upscale: Callable[[torch.Tensor], torch.Tensor], lr: torch.Tensor, *, scale: int, tile: int,
-          overlap: int) -> torch.Tensor:
-    """`upscale` applied to (N, C, H, W) tile by tile: each tile of `tile` LR pixels is run with
-    `overlap` extra pixels of context on every side, and only its centre is kept, so memory is
-    bounded by the tile size and the result equals whole-image inference when `overlap` covers
-    the network's receptive field. tile <= 0: the whole image at once."""
-    height, width = lr.shape[-2:]
-    if tile <= 0 or (height <= tile and width <= tile):
-        return upscale(lr)
-    output = None
-    for y0 in range(0, height, tile):
-        for x0 in range(0, width, tile):
-            y1, x1 = min(y0 + tile, height), min(x0 + tile, width)
-            ya, xa = max(y0 - overlap, 0), max(x0 - overlap, 0)
-            yb, xb = min(y1 + overlap, height), min(x1 + overlap, width)
-            piece = upscale(lr[..., ya:yb, xa:xb])
-            if output is None:
-                output = piece.new_empty(*lr.shape[:-3], piece.shape[-3], height * scale, width * scale)
-            top, left = (y0 - ya) * scale, (x0 - xa) * scale
-            output[..., y0 * scale : y1 * scale, x0 * scale : x1 * scale] = piece[
-                ..., top : top + (y1 - y0) * scale, left : left + (x1 - x0) * scale
-            ]
-    return output
-
-
-@torch.no_grad()
-def super_resolve_folder(recipe, G: torch.nn.Module, *, input_dir: str, out_dir: str, channels: int,
-                         device: torch.device, tile: int, overlap: int) -> list[Path]:
-    """Every image under `input_dir` (any size), super-resolved tile by tile into `out_dir` as
-    PNG with the same relative name."""
-    folder, target = Path(input_dir).expanduser(), Path(out_dir).expanduser()
-    if not folder.is_dir():
-        raise GanrunError(f"input_dir={input_dir!r} is not a folder of images")
-    files = list_images(folder)
-    if not files:
-        raise GanrunError(f"input_dir={input_dir!r} holds no images")
-    if target.resolve() == folder.resolve():
-        raise GanrunError(f"out_dir={out_dir!r} is input_dir: pick another folder, inputs are never overwritten")
-    written = []
-    for path in files:
-        lr = to_float(read_image(path, channels=channels)).unsqueeze(0).to(device)
-        sr = tiled(lambda x: recipe.super_resolve(G, x), lr, scale=recipe.scale, tile=tile, overlap=overlap)
-        out = (target / path.relative_to(folder)).with_suffix(".png")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(to_uint8(sr[0]).permute(1, 2, 0).squeeze(-1).cpu().numpy()).save(out)
-        written.append(out)
-    print(f"wrote {len(written)} images (x{recipe.scale}) to {target}")
-    return written

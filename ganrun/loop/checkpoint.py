@@ -20,41 +20,13 @@ import numpy as np
 import torch
 
 from ganrun.errors import GanrunError
+from ganrun.files import atomic_save, fsync_dir
 
 FORMAT = "ganrun-checkpoint/1"
 LAST = "last.pt"
 NUMBERED = re.compile(r"^step_(\d{7,})\.pt$")
 
 # writing
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_save(payload: dict, path: Path) -> None:
-    """Write to a temp file in the same dir, fsync, then os.replace: a reader (or a kill -9)
-    sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temp, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
 
 
 def _link_or_copy_atomic(source: Path, target: Path) -> None:
@@ -68,7 +40,7 @@ def _link_or_copy_atomic(source: Path, target: Path) -> None:
 
         shutil.copyfile(source, temp)
     os.replace(temp, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 def step_name(step: int) -> str:

@@ -19,10 +19,10 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ganrun.checkpoint import atomic_save
-from ganrun.data import ImageData, decode_image
+from ganrun.files import atomic_save
+from ganrun.data.images import ImageData, decode_image
 from ganrun.errors import GanrunError
-from ganrun.inception import find_inception_weights, load_feature_extractor
+from ganrun.metrics.inception import find_inception_weights, load_feature_extractor
 
 METRICS = ("fid", "kid", "is", "prc")
 # What each metric name reports, and which of those numbers grow with quality.

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 from rich.console import Console
 
-from ganrun.alarms import Alarms
+from ganrun.loop.alarms import Alarms
 from ganrun.config import choice
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
