@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test bench clean
+.PHONY: install train test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,12 @@ install: $(STAMP)
 train: $(STAMP)
 	$(BIN)/ganrun train $(ARGS)
 
-test: $(STAMP)
+# The layer contract (import-linter, pyproject.toml) and ruff's rule set, then the suite.
+lint: $(STAMP)
+	$(BIN)/ruff check ganrun tests scripts
+	$(BIN)/lint-imports
+
+test: lint
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: $(STAMP)

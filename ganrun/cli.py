@@ -24,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from ganrun import __version__
-from ganrun.config import register_schemas, validate_train_config
+from ganrun.config import register_schemas
 from ganrun.errors import GanrunError, TrainingDiverged
 
 register_schemas()
@@ -42,7 +42,7 @@ Each command is a Hydra app: `ganrun train --help` lists the config groups,
 `ganrun train --cfg job` prints the composed config, `ganrun train -m a=1,2` sweeps.
 """
 
-GROUPS = ("dataset", "model", "loss", "optim", "logger", "trainer", "experiment", "debug")
+GROUPS = ("task", "dataset", "model", "loss", "optim", "logger", "trainer", "experiment", "debug")
 PASSTHROUGH_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
                      "--resolve", "--package", "-p", "--version"}
 
@@ -68,7 +68,7 @@ def user_errors() -> Iterator[None]:
 
 @hydra.main(version_base="1.3", config_path="pkg://ganrun.conf", config_name="train")
 def train_app(cfg: DictConfig) -> None:
-    from ganrun.training import train
+    from ganrun.training import train  # here, not at the top: `ganrun --help` starts without torch
 
     hydra_cfg = HydraConfig.get()
     with user_errors():
@@ -79,7 +79,7 @@ def train_app(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://ganrun.conf", config_name="sample")
 def sample_app(cfg: DictConfig) -> None:
-    from ganrun.sampling import sample
+    from ganrun.sampling import sample  # here, not at the top: `ganrun --help` starts without torch
 
     with user_errors():
         sample(cfg)
@@ -87,7 +87,7 @@ def sample_app(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://ganrun.conf", config_name="eval")
 def eval_app(cfg: DictConfig) -> None:
-    from ganrun.evaluation import evaluate
+    from ganrun.evaluation import evaluate  # here, not at the top: `ganrun --help` starts without torch
 
     with user_errors():
         evaluate(cfg)
@@ -196,12 +196,13 @@ def preflight_train(args: list[str]) -> list[str]:
             known_keys = _known_keys(compose("train"))
         raise GanrunError(_explain_compose_error(error, known_keys)) from None
 
-    from ganrun.loop import distributed
+    from ganrun.loop import distributed  # here, not at the top: `ganrun --help` starts without torch
+    from ganrun.loop.setup import validate_run_config  # here too, for the same reason
 
     context = distributed.init_process_group()  # no-op unless under torchrun
     extra: list[str] = []
     if resume not in (None, "null"):
-        from ganrun.loop.checkpoint import load_checkpoint, resolve_checkpoint_path, run_dir_of
+        from ganrun.loop.checkpoint import load_checkpoint, resolve_checkpoint_path, run_dir_of  # here, not at the top: `ganrun --help` starts without torch
 
         checkpoint_path = resolve_checkpoint_path(resume)
         load_checkpoint(checkpoint_path)  # truncated / foreign files fail here, before any output
@@ -211,7 +212,7 @@ def preflight_train(args: list[str]) -> list[str]:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             extra += [f"hydra.run.dir={run_dir}", f"hydra.output_subdir=.hydra/resume-{stamp}"]
     else:
-        validate_train_config(cfg)
+        validate_run_config(cfg)
         _check_writable(Path(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir))
         if context.enabled and not user_set_run_dir:
             # Each rank resolved its own ${now:...}; rank 0's choice wins everywhere.
@@ -222,7 +223,7 @@ def preflight_train(args: list[str]) -> list[str]:
 
 
 def preflight_sample(args: list[str]) -> list[str]:
-    from ganrun.loop.checkpoint import load_checkpoint, resolve_checkpoint_path
+    from ganrun.loop.checkpoint import load_checkpoint, resolve_checkpoint_path  # here, not at the top: `ganrun --help` starts without torch
 
     checked = _first_values([arg for arg in args if not arg.startswith("-")])
     ckpt = next((value for override, value in checked if override.key_or_group == "ckpt"), None)
@@ -233,8 +234,8 @@ def preflight_sample(args: list[str]) -> list[str]:
 
 
 def preflight_eval(args: list[str]) -> list[str]:
-    from ganrun.loop.checkpoint import load_checkpoint, resolve_checkpoint_path
-    from ganrun.metrics.fidelity import check_metric_names
+    from ganrun.loop.checkpoint import load_checkpoint, resolve_checkpoint_path  # here, not at the top: `ganrun --help` starts without torch
+    from ganrun.metrics.fidelity import check_metric_names  # here, not at the top: `ganrun --help` starts without torch
 
     parsed = _first_values([arg for arg in args if not arg.startswith("-")])
     checked = {override.key_or_group: value for override, value in parsed}
@@ -273,7 +274,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     finally:
-        from ganrun.loop import distributed
+        from ganrun.loop import distributed  # here, not at the top: `ganrun --help` starts without torch
 
         distributed.destroy()
 

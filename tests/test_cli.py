@@ -164,7 +164,7 @@ def test_sample_individual_and_interpolation(capsys, trained_run, tmp_path):
 
 
 def test_slerp_endpoints_and_norms():
-    from ganrun.sampling import slerp
+    from ganrun.tasks.generation import slerp
 
     a, b = torch.randn(3, 16), torch.randn(3, 16)
     path = slerp(a, b, torch.linspace(0, 1, 5))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ganrun.metrics.fidelity import inception
+from ganrun.metrics import inception
 from ganrun.errors import GanrunError
 from ganrun.metrics.inception import InceptionWeights, find_inception_weights, load_feature_extractor
 

@@ -20,7 +20,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import ClassVar, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -46,6 +46,10 @@ def warn(message: str) -> None:
 @dataclass
 class ImageData:
     """A dataset ready for training: in memory (`images`) or streamed from `files`."""
+
+    # What kind of data this is, for the task to accept or refuse (ganrun/tasks/): "single" images
+    # or points; subclasses with pairs say so ("paired_sr").
+    kind: ClassVar[str] = "single"
 
     source: str  # what was loaded, from where: recorded in the run's config and W&B
     images: Optional[torch.Tensor] = None  # uint8 (N, C, H, W), or float points (N, D) (ganrun.data.toy)

@@ -20,7 +20,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 import torch
@@ -123,6 +123,7 @@ class PairedSRData(ImageData):
     """`ImageData` for super-resolution: training pairs, optional validation pairs, and its own
     batch stream (`batches`), grid crops (`first_images`) and in-training evaluator."""
 
+    kind: ClassVar[str] = "paired_sr"
     pairs: list[Pair] = field(default_factory=list)
     validation: list[Pair] = field(default_factory=list)
     scale: int = 4

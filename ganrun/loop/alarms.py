@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import field
+from dataclasses import dataclass, field
 from typing import Optional
 
 from ganrun.config import AlarmSettings
@@ -25,6 +25,7 @@ GRAD_NORM_PREFIX = "grad_norm/"
 G_LOSS_PREFIX = "loss/G/"
 
 
+@dataclass
 class Alarms:
     HISTORY = 200  # log points of G loss kept for the median (checkpointed, so bounded)
 

@@ -103,7 +103,43 @@ def load_checkpoint(path: Path) -> dict:
         raise GanrunError(f"'{path}' is not a ganrun checkpoint ({first_line})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise GanrunError(f"'{path}' is not a ganrun checkpoint (no '{FORMAT}' format tag)")
+    if isinstance(payload.get("config"), dict):
+        payload["config"] = upgrade_config(payload["config"])
     return payload
+
+
+# configs saved by earlier versions
+
+# Modules that configs named in `_target_` before the package layout of 0.1 (ganrun/data/, ...).
+MOVED_MODULES = {"ganrun.toy": "ganrun.data", "ganrun.sr": "ganrun.data"}
+# Tasks by recipe, for configs saved before `task` existed (every recipe then belonged to one).
+TASK_OF_RECIPE_MODULE = {"ganrun.recipes.sr": "super_resolution"}
+TASK_TARGETS = {
+    "generation": "ganrun.tasks.generation.GenerationTask",
+    "super_resolution": "ganrun.tasks.super_resolution.SuperResolutionTask",
+}
+
+
+def upgrade_config(config: dict) -> dict:
+    """A saved config in today's terms: moved `_target_` modules renamed, and the task added
+    when the checkpoint predates tasks, so old checkpoints still resume, sample and evaluate."""
+
+    def rename(node: object) -> object:
+        if isinstance(node, dict):
+            target = node.get("_target_")
+            if isinstance(target, str) and "." in target:
+                module, name = target.rsplit(".", 1)
+                node["_target_"] = f"{MOVED_MODULES.get(module, module)}.{name}"
+            for value in node.values():
+                rename(value)
+        return node
+
+    rename(config)
+    if "task" not in config:
+        recipe_module = str(config.get("model", {}).get("_target_", "")).rsplit(".", 1)[0]
+        name = TASK_OF_RECIPE_MODULE.get(recipe_module, "generation")
+        config["task"] = {"_target_": TASK_TARGETS[name], "name": name}
+    return config
 
 
 def _looks_truncated(path: Path) -> bool:

@@ -22,6 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from ganrun.files import atomic_save
 from ganrun.data.images import ImageData, decode_image
 from ganrun.errors import GanrunError
+from ganrun import hardware
 from ganrun.metrics.inception import find_inception_weights, load_feature_extractor
 
 METRICS = ("fid", "kid", "is", "prc")
@@ -144,15 +145,13 @@ class FeatureExtractor:
 
 def choose_feature_precision(requested: str, *, device: torch.device) -> str:
     """fp32 | bf16 for Inception: auto = bf16 only where the hardware computes in it natively."""
-    from ganrun.hardware import cpu_supports_bf16
-
     if requested not in ("auto", "fp32", "bf16"):
         raise GanrunError(f"precision={requested!r} is not an Inception precision; use precision=auto, fp32 or bf16")
     if requested != "auto":
         return requested
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_supports_bf16() else "fp32"
+    return "bf16" if hardware.cpu_supports_bf16() else "fp32"
 
 
 def reference_features(extractor: FeatureExtractor, data: ImageData, *, dataset: str, split: str, count: int,

@@ -24,6 +24,11 @@ START_SIZE = {28: 7, 32: 4, 64: 4, 128: 4}
 
 def _num_stages(resolution: int) -> int:
     """Stride-2 stages between the start size and the output size."""
+    if resolution == 0:  # toy datasets (ring8, grid25) hold 2-D points, not images
+        raise GanrunError(
+            f"dcgan supports dataset.resolution in {sorted(START_SIZE)}, got 0: this dataset holds 2-D points, "
+            "not images; use model=mlp"
+        )
     if resolution not in START_SIZE:
         raise GanrunError(
             f"dcgan supports dataset.resolution in {sorted(START_SIZE)}, got {resolution}; "

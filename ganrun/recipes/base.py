@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torchvision.utils import save_image
 
+from ganrun.data.toy import save_scatter
 from ganrun.errors import GanrunError
 
 
@@ -86,6 +87,8 @@ def frozen(module: nn.Module) -> Iterator[None]:
 class Recipe:
     """Base class. Subclasses set `networks`, `optimizers` and implement the hooks."""
 
+    # The task (ganrun/tasks/) whose data this recipe trains on; the task checks it at start.
+    task = "generation"
     # The network whose EMA copy the loop keeps and samples from.
     generator_name = "G"
     # Class-conditional recipes set this > 0; `ganrun sample labels=[...]` needs it.
@@ -133,8 +136,6 @@ class Recipe:
         """Write rendered outputs as one picture: an image grid, or for 2-D points (N, 2) a
         scatter plot over `scatter_reference` (the toy data's mode centres, when known)."""
         if outputs.ndim == 2:
-            from ganrun.data.toy import save_scatter
-
             save_scatter(outputs, path, **(self.scatter_reference or {}))
             return
         save_image(outputs, path, nrow=nrow, normalize=True, value_range=(-1, 1))

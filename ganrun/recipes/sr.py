@@ -67,6 +67,7 @@ class VGGFeatures(nn.Module):
 
 
 class SRRecipe(Recipe):
+    task = "super_resolution"
     # Grids are built from fixed HR crops of the data (ImageData.first_images), like reconstructions.
     grid_shows_reconstructions = True
 

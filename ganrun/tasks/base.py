@@ -1,0 +1,120 @@
+"""The task interface, the in-training evaluator's best-so-far bookkeeping, and where results are
+recorded. A new kind of job subclasses `Task` in a module of its own (ganrun/tasks/NAME.py) and
+gets a `conf/task/NAME.yaml` naming it; see docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+import torch
+from omegaconf import DictConfig
+
+from ganrun.errors import GanrunError
+from ganrun.files import atomic_write_text
+from ganrun.loop.checkpoint import run_dir_of
+
+# classes
+
+
+class Task:
+    """One kind of job. The loop, `ganrun eval` and `ganrun sample` call these hooks on the task
+    that the run's config names (`task._target_`), rebuilt from the checkpoint alone."""
+
+    name: ClassVar[str] = ""
+    # `ImageData.kind` values this task trains on ("single": images or points; "paired_sr": ...).
+    data_kinds: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, *, name: Optional[str] = None):
+        # conf/task/NAME.yaml states its name, so saved configs say which task in plain words.
+        if name is not None and name != self.name:
+            raise GanrunError(f"task.name={name!r} does not match {type(self).__name__} ({self.name!r}); pick task={self.name}")
+
+    # training
+
+    def check_config(self, cfg: DictConfig) -> None:
+        """Reject settings this task cannot honour (eval.metrics, eval.best_metric), before any
+        output exists. Raises GanrunError."""
+
+    def check_run(self, *, data: Any, recipe: Any, dataset_name: str, model_target: str) -> None:
+        """Refuse a dataset or recipe of another kind of job with a one-line error naming the fix."""
+        if data.kind not in self.data_kinds:
+            raise GanrunError(
+                f"dataset={dataset_name} is {data.kind} data, which task={self.name} does not train on; "
+                f"pick a {self.name} dataset or the task for this data"
+            )
+        if recipe.task != self.name:
+            raise GanrunError(
+                f"model {model_target} is a {recipe.task} recipe, not one for task={self.name}; "
+                f"pick a {self.name} model (ganrun train --help lists them)"
+            )
+
+    def training_evaluator(self, *, settings: DictConfig, data: Any, dataset_cfg: dict,
+                           device: torch.device) -> "Evaluator":
+        """What `eval.every` runs during training (rank 0)."""
+        raise NotImplementedError
+
+    # commands
+
+    def evaluate(self, paths: list[Path], cfg: DictConfig) -> list[dict]:
+        """`ganrun eval` of these checkpoints (one result dict each, already printed and recorded)."""
+        raise NotImplementedError
+
+    def sample(self, cfg: DictConfig, *, path: Path, device: torch.device) -> list[Path]:
+        """`ganrun sample` of the checkpoint at `path`; returns the files written."""
+        raise NotImplementedError
+
+
+class Evaluator:
+    """In-training evaluation with a best-so-far record (checkpointed, so best.pt survives resume).
+    Subclasses implement `measure`; `higher_is_better` says which way `settings.best_metric` improves."""
+
+    def __init__(self, *, settings: DictConfig):
+        self.settings = settings
+        self.best: Optional[float] = None
+        self.best_step: Optional[int] = None
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_step = state.get("best"), state.get("best_step")
+
+    def higher_is_better(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def measure(self, recipe: Any, G: torch.nn.Module, *, step: int) -> dict[str, float]:
+        """Metric values of G at this step (unprefixed keys; must include settings.best_metric)."""
+        raise NotImplementedError
+
+    def __call__(self, recipe: Any, G: torch.nn.Module, *, step: int) -> tuple[dict[str, float], bool]:
+        """(scalars to log as eval/*, whether this step is the best so far by eval.best_metric)."""
+        start = time.perf_counter()
+        values = self.measure(recipe, G, step=step)
+        key = self.settings.best_metric
+        improved = self.best is None or (values[key] > self.best if self.higher_is_better(key) else values[key] < self.best)
+        if improved:
+            self.best, self.best_step = values[key], step
+        scalars = {f"eval/{name}": value for name, value in values.items()}
+        scalars["eval/seconds"] = time.perf_counter() - start
+        return scalars, improved
+
+
+# helpers
+
+
+def record_result(path: Path, result: dict, *, values: dict) -> None:
+    """The result into eval.json beside the checkpoint and an eval/* row of the run's metrics.jsonl."""
+    eval_json = path.parent / "eval.json"
+    entries = json.loads(eval_json.read_text()) if eval_json.is_file() else {}
+    entries[path.name] = result
+    atomic_write_text(eval_json, json.dumps(entries, indent=2) + "\n")
+    run_dir = run_dir_of(path)
+    if (run_dir / "metrics.jsonl").is_file():
+        row = {"step": result["step"], **{f"eval/{name}": value for name, value in values.items()},
+               "eval/protocol": result["protocol"], "eval/checkpoint": path.name, "time": round(time.time(), 3)}
+        with open(run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(row) + "\n")

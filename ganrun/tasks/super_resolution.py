@@ -1,0 +1,203 @@
+"""Super-resolution: paired LR/HR images (dataset=paired_sr), SRResNet/SRGAN. `ganrun eval`
+measures PSNR/SSIM (+ LPIPS) against HR images with the bicubic baseline beside every number
+(BasicSR's protocol, ganrun/metrics/image_quality.py); `ganrun sample input_dir= out_dir=`
+super-resolves every image of a folder, any size, tile by tile.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Optional, Sequence
+
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+
+from ganrun.config import choice
+from ganrun.data.images import list_images
+from ganrun.data.paired_sr import Pair, load_pairs, read_image
+from ganrun.errors import GanrunError
+from ganrun.hardware import choose_device
+from ganrun.imaging import bicubic_upscale, tiled, to_float, to_uint8
+from ganrun.loop.checkpoint import load_checkpoint
+from ganrun.loop.rebuild import rebuild_from_checkpoint
+from ganrun.metrics.image_quality import (
+    LPIPS_SKIPPED,
+    SR_METRICS,
+    PerceptualDistance,
+    flat_metrics,
+    format_table,
+    measure,
+    perceptual_distance_or_reason,
+)
+from ganrun.tasks.base import Evaluator, Task, record_result
+
+# helpers
+
+
+def protocol_text(*, scale: int, border: int, lr_source: str, lpips: str = "") -> str:
+    return (
+        f"x{scale}; uint8 outputs; HR mod-cropped to a multiple of {scale}; crop_border={border} px each side; "
+        "PSNR (data range 255) and SSIM (11x11 Gaussian, sigma 1.5) from torchmetrics, on RGB and on "
+        f"ITU-R BT.601 Y (16-235); {lpips + '; ' if lpips else ''}mean over images; LR: {lr_source}; "
+        "bicubic = torch bicubic upscaling of the same LR"
+    )
+
+
+@torch.no_grad()
+def measure_pairs(recipe, G: torch.nn.Module, pairs: Sequence[Pair], *, border: int, device: torch.device,
+                  tile: int = 0, overlap: int = 32, perceptual: Optional[PerceptualDistance] = None) -> list[dict]:
+    """Per image: {"name", "sr": {metric: value}, "bicubic": {metric: value}}."""
+    rows = []
+    for pair in pairs:
+        lr = to_float(pair.low_res(recipe.scale)).unsqueeze(0).to(device)
+        sr = tiled(lambda x: recipe.super_resolve(G, x), lr, scale=recipe.scale, tile=tile, overlap=overlap)
+        bicubic = bicubic_upscale(lr.float(), recipe.scale).clamp(-1, 1)
+        rows.append({
+            "name": pair.name,
+            "sr": measure(to_uint8(sr[0]).cpu(), pair.hr, border=border, perceptual=perceptual),
+            "bicubic": measure(to_uint8(bicubic[0]).cpu(), pair.hr, border=border, perceptual=perceptual),
+        })
+    return rows
+
+
+def check_border(border: Optional[int], scale: int) -> int:
+    border = scale if border is None else border
+    if border < 0:
+        raise GanrunError(f"crop_border must be >= 0 (or null for the scale), got {border}")
+    return border
+
+
+
+@torch.no_grad()
+def super_resolve_folder(recipe, G: torch.nn.Module, *, input_dir: str, out_dir: str, channels: int,
+                         device: torch.device, tile: int, overlap: int) -> list[Path]:
+    """Every image under `input_dir` (any size), super-resolved tile by tile into `out_dir` as
+    PNG with the same relative name."""
+    folder, target = Path(input_dir).expanduser(), Path(out_dir).expanduser()
+    if not folder.is_dir():
+        raise GanrunError(f"input_dir={input_dir!r} is not a folder of images")
+    files = list_images(folder)
+    if not files:
+        raise GanrunError(f"input_dir={input_dir!r} holds no images")
+    if target.resolve() == folder.resolve():
+        raise GanrunError(f"out_dir={out_dir!r} is input_dir: pick another folder, inputs are never overwritten")
+    written = []
+    for path in files:
+        lr = to_float(read_image(path, channels=channels)).unsqueeze(0).to(device)
+        sr = tiled(lambda x: recipe.super_resolve(G, x), lr, scale=recipe.scale, tile=tile, overlap=overlap)
+        out = (target / path.relative_to(folder)).with_suffix(".png")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(to_uint8(sr[0]).permute(1, 2, 0).squeeze(-1).cpu().numpy()).save(out)
+        written.append(out)
+    print(f"wrote {len(written)} images (x{recipe.scale}) to {target}")
+    return written
+
+
+# the command: `ganrun eval ckpt=...` of a super-resolution checkpoint
+
+
+def evaluate_sr_checkpoint(path, cfg, *, device: torch.device, perceptual: Optional[PerceptualDistance] = None) -> dict:
+    """The per-image table and means of one checkpoint, printed with the protocol and recorded
+    as `ganrun eval` records FID (eval.json beside it, an eval/* row in metrics.jsonl)."""
+    step = int(load_checkpoint(path)["progress"]["step"])
+    recipe, G, config = rebuild_from_checkpoint(path, device=device, use_ema=cfg.ema)
+    dataset = config.dataset
+    if cfg.dataset.hr_dir is not None:
+        hr_dir, lr_dir, lr_name = cfg.dataset.hr_dir, cfg.dataset.lr_dir, cfg.dataset.lr_name or "{stem}"
+    elif dataset.get("val_hr_dir"):
+        hr_dir, lr_dir = dataset.val_hr_dir, dataset.get("val_lr_dir")
+        lr_name = cfg.dataset.lr_name or dataset.get("val_lr_name") or dataset.lr_name
+    else:
+        raise GanrunError(
+            f"{path} was trained without a validation folder: pass the pairs to measure on, e.g. "
+            f"dataset.hr_dir=Set5/HR dataset.lr_dir=Set5/LR_bicubic/X{recipe.scale} dataset.lr_name='{{stem}}x{recipe.scale}'"
+        )
+    border = check_border(cfg.crop_border, recipe.scale)
+    pairs = load_pairs(hr_dir=hr_dir, lr_dir=lr_dir, lr_name=lr_name, scale=recipe.scale, channels=dataset.channels)
+    start = time.perf_counter()
+    rows = measure_pairs(recipe, G, pairs, border=border, device=device, tile=cfg.tile, overlap=cfg.tile_overlap,
+                         perceptual=perceptual)
+    lr_source = f"{lr_dir} ({lr_name})" if lr_dir is not None else f"bicubic downscaling of {hr_dir} (torch, antialiased)"
+    protocol = {
+        "images": f"{len(rows)} pairs, HR from {hr_dir}",
+        "generator": "G_ema" if cfg.ema else "G (raw)",
+        "measurement": protocol_text(scale=recipe.scale, border=border, lr_source=lr_source,
+                                     lpips=PerceptualDistance.description if perceptual else LPIPS_SKIPPED),
+    }
+    protocol["title"] = f"{protocol['generator']}, x{recipe.scale}, {protocol['images']}, crop_border={border}"
+    print(f"{path} (step {step}), {protocol['generator']}: {protocol['images']}")
+    print(format_table(rows))
+    print(f"protocol: {protocol['measurement']}")
+    result = {"checkpoint": str(path), "step": step, "metrics": flat_metrics(rows), "protocol": protocol,
+              "per_image": rows, "seconds": round(time.perf_counter() - start, 1)}
+    record_result(path, result, values=result["metrics"])
+    return result
+
+
+# in training
+
+
+class ValidationPSNR(Evaluator):
+    """`eval.every` for super-resolution runs (rank 0): PSNR/SSIM of G_ema on the validation
+    pairs (dataset.val_hr_dir), best.pt by eval.best_metric (higher is better)."""
+
+    def __init__(self, *, settings, pairs: Sequence[Pair], scale: int, device: torch.device):
+        if not pairs:
+            raise GanrunError(
+                "eval.every > 0 on a super-resolution run needs validation pairs: set dataset.val_hr_dir "
+                "(and dataset.val_lr_dir if they come with LR files), e.g. dataset.val_hr_dir=../shared/data/sr/Set5/HR"
+            )
+        super().__init__(settings=settings)
+        self.pairs, self.scale, self.device = list(pairs), scale, device
+        self.metrics = [str(name).lower() for name in settings.metrics]
+        if not self.metrics or not set(self.metrics) <= set(SR_METRICS) or settings.best_metric not in self.metrics:
+            raise GanrunError(
+                f"super-resolution runs measure {list(SR_METRICS)}, got eval.metrics={self.metrics} and "
+                f"eval.best_metric={settings.best_metric}; e.g. eval.metrics=[psnr_y,ssim_y] eval.best_metric=psnr_y"
+            )
+
+    def higher_is_better(self, key: str) -> bool:
+        return True  # PSNR and SSIM
+
+    def measure(self, recipe: Any, G: torch.nn.Module, *, step: int) -> dict[str, float]:
+        values = flat_metrics(measure_pairs(recipe, G, self.pairs, border=self.scale, device=self.device, tile=256))
+        key = self.settings.best_metric
+        return {**{name: values[name] for name in self.metrics}, f"bicubic_{key}": values[f"bicubic_{key}"]}
+
+
+class SuperResolutionTask(Task):
+    name: ClassVar[str] = "super_resolution"
+    data_kinds: ClassVar[tuple[str, ...]] = ("paired_sr",)
+
+    def check_config(self, cfg: DictConfig) -> None:
+        if not cfg.eval.every:
+            return
+        metrics = [str(name).lower() for name in cfg.eval.metrics]
+        if not metrics or not set(metrics) <= set(SR_METRICS) or cfg.eval.best_metric not in metrics:
+            raise GanrunError(
+                f"super-resolution runs measure {list(SR_METRICS)}, got eval.metrics={metrics} and "
+                f"eval.best_metric={cfg.eval.best_metric}; e.g. eval.metrics=[psnr_y,ssim_y] eval.best_metric=psnr_y"
+            )
+
+    def training_evaluator(self, *, settings: DictConfig, data: Any, dataset_cfg: dict,
+                           device: torch.device) -> Evaluator:
+        return ValidationPSNR(settings=settings, pairs=data.validation, scale=data.scale, device=device)
+
+    def evaluate(self, paths: list[Path], cfg: DictConfig) -> list[dict]:
+        """PSNR/SSIM (+ LPIPS) of each checkpoint, sharing one LPIPS network (or one reason for none)."""
+        device = choose_device(choice(cfg.device), cuda_available=torch.cuda.is_available())
+        perceptual, reason = perceptual_distance_or_reason(device=device, allow_download=cfg.download)
+        if reason:
+            print(reason)
+        return [evaluate_sr_checkpoint(path, cfg, device=device, perceptual=perceptual) for path in paths]
+
+    def sample(self, cfg: DictConfig, *, path: Path, device: torch.device) -> list[Path]:
+        if cfg.input_dir is None or cfg.out_dir is None:
+            raise GanrunError("super-resolving a folder needs both: ganrun sample ckpt=... input_dir=LR_FOLDER out_dir=SR_FOLDER")
+        if cfg.tile < 0 or cfg.tile_overlap < 0:
+            raise GanrunError(f"tile and tile_overlap must be >= 0, got {cfg.tile} and {cfg.tile_overlap}")
+        recipe, G, config = rebuild_from_checkpoint(path, device=device, use_ema=cfg.ema)
+        return super_resolve_folder(recipe, G, input_dir=cfg.input_dir, out_dir=cfg.out_dir, channels=config.dataset.channels,
+                                    device=device, tile=cfg.tile, overlap=cfg.tile_overlap)
