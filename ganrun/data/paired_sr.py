@@ -5,7 +5,9 @@ Pairs are an HR folder plus either an LR folder (files matched by stem through `
 `{stem}x4`: `baby.png` <-> `babyx4.png`) or none, in which case LR images are made by
 antialiased bicubic downscaling of HR (torch's, deterministic), quantized to uint8 as a saved
 LR file would be. HR images are cropped to a multiple of the scale at their bottom/right
-edge ("mod crop"). All pairs are decoded once into memory (uint8).
+edge ("mod crop"). All pairs are decoded once into memory (uint8), by the policy of
+ganrun/data/decode.py (upright, 8-bit, transparency onto `alpha_background`); pairs whose files
+cannot be read are skipped and counted in one warning.
 
 Training batches: `{"image": HR crops, "lr": LR crops}` as float in [-1, 1]. Each crop picks an
 image at random (with replacement), a random aligned window, flips and a 90 degree rotation,
@@ -24,23 +26,30 @@ from typing import Optional
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
-from ganrun.data.images import ImageData, list_images
+from ganrun.data.decode import UNREADABLE, AlphaBackground, background_level, open_rgb_or_gray
+from ganrun.data.images import ImageData, list_images, report_transparent, report_unreadable
 from ganrun.errors import GanrunError
 from ganrun.imaging import bicubic_downscale, check_scale, mod_crop, to_float
 
 # helpers
 
 
-def read_image(path: Path, *, channels: int) -> torch.Tensor:
-    """uint8 (channels, H, W) at the file's own size; grayscale files become RGB and back as asked."""
+def read_image(path: Path, *, channels: int, alpha_background: AlphaBackground = "white") -> torch.Tensor:
+    """uint8 (channels, H, W) at the file's own size, decoded by ganrun's one policy
+    (ganrun/data/decode.py: upright, 8-bit, transparency onto `alpha_background`); grayscale files
+    become RGB and back as asked. Raises GanrunError naming the file when it cannot be read."""
     try:
-        with Image.open(path) as image:
-            return TF.pil_to_tensor(image.convert("RGB" if channels == 3 else "L"))
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        return _decode(path, channels, alpha_background)[0]
+    except UNREADABLE as error:
         raise GanrunError(f"{path} could not be read as an image ({error}); remove or replace it") from None
+
+
+def _decode(path: Path, channels: int, alpha_background: AlphaBackground) -> tuple[torch.Tensor, bool]:
+    """(uint8 (channels, H, W), whether the file had transparent pixels); raises one of UNREADABLE."""
+    decoded = open_rgb_or_gray(path, channels=channels, alpha_background=alpha_background)
+    return TF.pil_to_tensor(decoded.image), decoded.transparent
 
 
 def _size(image: torch.Tensor) -> str:
@@ -60,48 +69,84 @@ class Pair:
         return self.lr if self.lr is not None else bicubic_downscale(self.hr, scale)
 
 
-def load_pairs(*, hr_dir: str, lr_dir: Optional[str], lr_name: str, scale: int, channels: int) -> list[Pair]:
-    """Every HR image of `hr_dir` with its LR partner from `lr_dir` (matched by `lr_name`)."""
+def _read_or_none(path: Path, channels: int, alpha_background: AlphaBackground) -> Optional[tuple[torch.Tensor, bool]]:
+    try:
+        return _decode(path, channels, alpha_background)
+    except UNREADABLE:
+        return None
+
+
+def load_pairs(
+    *,
+    hr_dir: str,
+    lr_dir: Optional[str],
+    lr_name: str,
+    scale: int,
+    channels: int,
+    alpha_background: AlphaBackground = "white",
+) -> list[Pair]:
+    """Every HR image of `hr_dir` with its LR partner from `lr_dir` (matched by `lr_name`; None:
+    made by bicubic downscaling), in file order. Pairs whose files cannot be read are skipped and
+    counted in one warning. Raises GanrunError for a missing folder or partner and an LR image of
+    the wrong size.
+    """
     hr_folder = Path(hr_dir).expanduser()
     if not hr_folder.is_dir():
         raise GanrunError(f"dataset.hr_dir={hr_dir!r} is not a folder; point it at the high-resolution images")
-    hr_files = list_images(hr_folder)
-    if not hr_files:
+    files = list_images(hr_folder)
+    if not files:
         raise GanrunError(f"dataset.hr_dir={hr_dir!r} holds no images")
     if "{stem}" not in lr_name:
         raise GanrunError(f"dataset.lr_name={lr_name!r} must contain {{stem}}, e.g. dataset.lr_name='{{stem}}x{scale}'")
+    background_level(alpha_background)
+    hr_files = [(path.stem, path) for path in files]  # (the name both sides share, the HR file)
     lr_files: dict[str, Path] = {}
     if lr_dir is not None:
         lr_folder = Path(lr_dir).expanduser()
         if not lr_folder.is_dir():
             raise GanrunError(f"dataset.lr_dir={lr_dir!r} is not a folder; point it at the low-resolution images or set it to null")
         lr_files = {path.stem: path for path in list_images(lr_folder)}
-        missing = [path for path in hr_files if lr_name.format(stem=path.stem) not in lr_files]
+        missing = [(key, path) for key, path in hr_files if lr_name.format(stem=key) not in lr_files]
         if missing:
+            key, path = missing[0]
             raise GanrunError(
-                f"{missing[0]} has no low-resolution partner {lr_name.format(stem=missing[0].stem)}.* in {lr_dir} "
+                f"{path} has no low-resolution partner {lr_name.format(stem=key)}.* in {lr_dir} "
                 f"({len(missing)} of {len(hr_files)} HR images unmatched); check dataset.lr_name (now {lr_name!r})"
             )
 
-    def load(hr_path: Path) -> Pair:
-        hr = read_image(hr_path, channels=channels)
-        if lr_dir is None:
+    def load(entry: tuple[str, Path]) -> tuple[Optional[Pair], list[Path], list[Path]]:
+        """(the pair or None, its unreadable files, its files with transparent pixels)."""
+        key, hr_path = entry
+        lr_path = lr_files[lr_name.format(stem=key)] if lr_dir is not None else None
+        read = {path: _read_or_none(path, channels, alpha_background) for path in (hr_path, lr_path) if path}
+        unreadable = [path for path, result in read.items() if result is None]
+        transparent = [path for path, result in read.items() if result is not None and result[1]]
+        if unreadable:
+            return None, unreadable, []
+        hr = read[hr_path][0]
+        if lr_path is None:
             hr = mod_crop(hr, scale)
             if hr.shape[-1] < scale or hr.shape[-2] < scale:
                 raise GanrunError(f"{hr_path} is {_size(hr)}, smaller than dataset.scale={scale}")
-            return Pair(name=hr_path.stem, hr=hr, hr_path=hr_path)
-        lr_path = lr_files[lr_name.format(stem=hr_path.stem)]
-        lr = read_image(lr_path, channels=channels)
+            return Pair(name=key, hr=hr, hr_path=hr_path), [], transparent
+        lr = read[lr_path][0]
         expected = (hr.shape[-2] // scale, hr.shape[-1] // scale)
         if tuple(lr.shape[-2:]) != expected:
             raise GanrunError(
                 f"{lr_path} is {_size(lr)}, but its HR partner {hr_path} is {_size(hr)}: at dataset.scale={scale} "
                 f"the LR image must be {expected[1]}x{expected[0]}; check dataset.scale and dataset.lr_dir"
             )
-        return Pair(name=hr_path.stem, hr=mod_crop(hr, scale), lr=lr, hr_path=hr_path)
+        return Pair(name=key, hr=mod_crop(hr, scale), lr=lr, hr_path=hr_path), [], transparent
 
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        return list(pool.map(load, hr_files))
+        loaded = list(pool.map(load, hr_files))
+    pairs = [pair for pair, _, _ in loaded if pair is not None]
+    report_unreadable([path for _, bad, _ in loaded for path in bad], len(loaded), items="pairs")
+    if not pairs:
+        raise GanrunError(f"none of the {len(loaded)} pairs under {hr_dir} could be read")
+    transparent = [path for _, _, paths in loaded for path in paths]
+    report_transparent(transparent, len(pairs) * (2 if lr_dir is not None else 1), alpha_background)
+    return pairs
 
 
 def augment(image: torch.Tensor, *, hflip: bool, vflip: bool, transpose: bool) -> torch.Tensor:
@@ -157,23 +202,26 @@ def load_paired_sr(
     val_lr_dir: Optional[str] = None,
     val_lr_name: Optional[str] = None,
     num_classes: int = 0,
+    alpha_background: AlphaBackground = "white",
 ) -> PairedSRData:
     check_scale(scale)
     if channels not in (1, 3):
         raise GanrunError(f"dataset.channels must be 1 or 3, got {channels}")
     if hr_patch < scale or hr_patch % scale:
         raise GanrunError(f"dataset.hr_patch={hr_patch} must be a multiple of dataset.scale={scale}, e.g. {scale * 24}")
-    pairs = load_pairs(hr_dir=hr_dir, lr_dir=lr_dir, lr_name=lr_name, scale=scale, channels=channels)
+    background_level(alpha_background)
+    pairs = load_pairs(hr_dir=hr_dir, lr_dir=lr_dir, lr_name=lr_name, scale=scale, channels=channels,
+                       alpha_background=alpha_background)
     validation = []
     if val_hr_dir is not None:
         validation = load_pairs(hr_dir=val_hr_dir, lr_dir=val_lr_dir, lr_name=val_lr_name or lr_name, scale=scale,
-                                channels=channels)
+                                channels=channels, alpha_background=alpha_background)
     lr_source = f"LR from {lr_dir} ({lr_name})" if lr_dir is not None else "LR by bicubic downscaling"
     source = f"paired SR x{scale}: {len(pairs):,} HR images from {hr_dir}, {lr_source}"
     if validation:
         source += f"; validation: {len(validation)} from {val_hr_dir}"
     return PairedSRData(source=source, resolution=hr_patch, channels=channels, pairs=pairs, validation=validation,
-                        scale=scale, hr_patch=hr_patch, augment=augment)
+                        scale=scale, hr_patch=hr_patch, augment=augment, alpha_background=alpha_background)
 
 
 class PairedBatches:
