@@ -1,5 +1,5 @@
 """ganrun/data/decode.py: the inputs real users have (phone photos, 16-bit scans, transparent
-sprites, truncated files), decoded by one policy in every reader:
+sprites, truncated files, paired test sets in one folder), decoded by one policy in every reader:
 training folders (images.py), SR pairs and `sample input_dir=` inputs (paired_sr.py), FID
 reference images (metrics/fidelity.py `data_batches`) and reconstruction grids (`first_images`).
 Generated files only."""
@@ -274,3 +274,76 @@ def test_sr_pairs_use_the_same_policy_and_skip_unreadable_pairs(tmp_path, capsys
     np.testing.assert_array_equal(hwc(next(p for p in black.pairs if p.name == "sprite").hr), sprite_expected(0))
     with pytest.raises(GanrunError, match=r"zcut\.jpg could not be read as an image .*; remove or replace it"):
         read_image(cut, channels=3)
+
+
+# paired test sets in one folder
+
+
+def write_one_folder(folder: Path, names: list[tuple[str, str]], scale: int = 4) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """For each (HR name, LR name): an HR texture and its every-`scale`-th-pixel LR, side by side."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    written = {}
+    for hr_name, lr_name in names:
+        hr = rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)
+        lr = np.ascontiguousarray(hr[::scale, ::scale])
+        Image.fromarray(hr).save(folder / f"{hr_name}.png")
+        Image.fromarray(lr).save(folder / f"{lr_name}.png")
+        written[hr_name] = (hr, lr)
+    return written
+
+
+def test_paired_images_in_one_folder_are_matched_by_name_templates(tmp_path):
+    folder = tmp_path / "Urban"
+    written = write_one_folder(folder, [("img_001_HR", "img_001_LR"), ("img_002_HR", "img_002_LR")])
+    Image.new("RGB", (24, 16)).save(folder / "img_001_SR.png")  # another method's output: neither side
+    for lr_dir in (None, str(folder)):  # null means "beside the HR files"
+        data = load_paired_sr(hr_dir=str(folder), lr_dir=lr_dir, hr_name="{stem}_HR", lr_name="{stem}_LR", hr_patch=8,
+                              val_hr_dir=str(folder))
+        assert [pair.name for pair in data.pairs] == ["img_001", "img_002"]
+        assert [pair.name for pair in data.validation] == ["img_001", "img_002"]  # val_hr_name null = hr_name
+        for pair in data.pairs:
+            hr, lr = written[f"{pair.name}_HR"]
+            np.testing.assert_array_equal(hwc(pair.hr), hr)
+            np.testing.assert_array_equal(hwc(pair.lr), lr)
+        assert data.source == (f"paired SR x4: 2 HR images from {folder} ({{stem}}_HR), LR from {folder} ({{stem}}_LR); "
+                               f"validation: 2 from {folder}")
+
+    div2k = tmp_path / "div2k"  # baby.png beside babyx4.png: HR is '{stem}', and an LR partner is never HR
+    write_one_folder(div2k, [("baby", "babyx4"), ("bird", "birdx4")])
+    data = load_paired_sr(hr_dir=str(div2k), hr_name="{stem}", lr_name="{stem}x4", hr_patch=8)
+    assert [pair.name for pair in data.pairs] == ["baby", "bird"] and all(p.lr.shape == (3, 4, 6) for p in data.pairs)
+
+    cfg = compose_train(["experiment=srresnet_x4", f"dataset.hr_dir={folder}", "dataset.hr_name='{stem}_HR'",
+                         "dataset.lr_name='{stem}_LR'", "dataset.hr_patch=8"])
+    assert [pair.name for pair in build(cfg.dataset).pairs] == ["img_001", "img_002"]
+
+
+def test_a_folder_holding_both_sides_without_a_template_is_an_error(tmp_path):
+    folder = tmp_path / "Urban"
+    write_one_folder(folder, [("img_001_HR", "img_001_LR"), ("img_002_HR", "img_002_LR")])
+    expected = (f"dataset.hr_dir={str(folder)!r} holds both sides of 2 pairs (e.g. img_001_HR and img_001_LR) but "
+                "no template says which is which; set dataset.hr_name='{stem}_HR' dataset.lr_name='{stem}_LR' "
+                "(lr_dir=null then reads LR from the same folder)")
+    for lr_dir in (None, str(folder)):
+        with pytest.raises(GanrunError) as raised:
+            load_paired_sr(hr_dir=str(folder), lr_dir=lr_dir, lr_name="{stem}_LR", hr_patch=8)
+        assert str(raised.value) == expected
+
+    div2k = tmp_path / "div2k"
+    write_one_folder(div2k, [("baby", "babyx4")])
+    for lr_name in ("{stem}", "{stem}x4"):  # found by the x4 suffix, or by lr_name naming a file of the folder
+        with pytest.raises(GanrunError) as raised:
+            load_paired_sr(hr_dir=str(div2k), lr_dir=str(div2k) if lr_name != "{stem}" else None, lr_name=lr_name, hr_patch=8)
+        assert str(raised.value) == (
+            f"dataset.hr_dir={str(div2k)!r} holds both sides of 1 pair (e.g. baby and babyx4) but no template says "
+            "which is which; set dataset.hr_name='{stem}' dataset.lr_name='{stem}x4' (lr_dir=null then reads LR from the "
+            "same folder)"
+        )
+
+    with pytest.raises(GanrunError, match=r"dataset.hr_name and dataset.lr_name are both '\{stem\}_HR'"):
+        load_paired_sr(hr_dir=str(folder), hr_name="{stem}_HR", lr_name="{stem}_HR", hr_patch=8)
+    with pytest.raises(GanrunError, match=r"dataset.hr_name='HR' must contain \{stem\} once"):
+        load_paired_sr(hr_dir=str(folder), hr_name="HR", lr_name="{stem}_LR", hr_patch=8)
+    with pytest.raises(GanrunError, match=r"holds no images named like dataset.hr_name='\{stem\}_GT'"):
+        load_paired_sr(hr_dir=str(folder), hr_name="{stem}_GT", lr_name="{stem}_LR", hr_patch=8)

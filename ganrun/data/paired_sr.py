@@ -4,10 +4,14 @@ degradation, and tiled inference for images of any size (BasicSR's paired-image 
 Pairs are an HR folder plus either an LR folder (files matched by stem through `lr_name`, e.g.
 `{stem}x4`: `baby.png` <-> `babyx4.png`) or none, in which case LR images are made by
 antialiased bicubic downscaling of HR (torch's, deterministic), quantized to uint8 as a saved
-LR file would be. HR images are cropped to a multiple of the scale at their bottom/right
-edge ("mod crop"). All pairs are decoded once into memory (uint8), by the policy of
-ganrun/data/decode.py (upright, 8-bit, transparency onto `alpha_background`); pairs whose files
-cannot be read are skipped and counted in one warning.
+LR file would be. Test sets that keep both sides in ONE folder (`img_001_HR.png`,
+`img_001_LR.png`) are read with an HR template too: `hr_name='{stem}_HR'`, `lr_name='{stem}_LR'`
+(the LR folder is then the HR folder unless `lr_dir` says otherwise). A folder that visibly holds
+both sides while no `hr_name` says which is which is an error, not a silent mix. HR images are
+cropped to a multiple of the scale at their bottom/right edge ("mod crop"). All pairs are
+decoded once into memory (uint8), by the policy of ganrun/data/decode.py (upright, 8-bit,
+transparency onto `alpha_background`); pairs whose files cannot be read are skipped and counted
+in one warning.
 
 Training batches: `{"image": HR crops, "lr": LR crops}` as float in [-1, 1]. Each crop picks an
 image at random (with replacement), a random aligned window, flips and a 90 degree rotation,
@@ -19,6 +23,7 @@ LR folder, LR crops are made from the augmented HR crops (one batched resize).
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +74,60 @@ class Pair:
         return self.lr if self.lr is not None else bicubic_downscale(self.hr, scale)
 
 
+# Names that mark a file as one side of a pair: "img_001_HR" / "img_001_LR", "babyx4" beside "baby".
+_SIDE_SUFFIX = re.compile(r"^(?P<stem>.+?)(?P<suffix>[_\-. ]?(?P<side>hr|lr))$", re.IGNORECASE)
+_SCALE_SUFFIX = re.compile(r"^(?P<stem>.+?)(?P<suffix>[_\-. ]?x[234])$", re.IGNORECASE)
+
+
+def _name_pattern(template: str, key: str) -> re.Pattern:
+    """'{stem}_HR' -> a regex whose group `stem` is the shared part of a file stem."""
+    if template.count("{stem}") != 1:
+        raise GanrunError(f"{key}={template!r} must contain {{stem}} once, e.g. {key}='{{stem}}_HR'")
+    before, after = template.split("{stem}")
+    return re.compile(f"^{re.escape(before)}(?P<stem>.+){re.escape(after)}$")
+
+
+def _mixed_sides(stems: set[str], lr_name: str) -> Optional[tuple[str, str, str, str, int]]:
+    """Evidence that one folder holds both sides of pairs: (an HR stem, its LR stem, a suggested
+    hr_name, a suggested lr_name, how many such pairs), or None."""
+    found: list[tuple[str, str, str, str]] = []
+    by_side: dict[tuple[str, str], str] = {}
+    for stem in stems:
+        match = _SIDE_SUFFIX.match(stem)
+        if match:
+            by_side[(match["stem"], match["side"].lower())] = match["suffix"]
+    for (base, side), suffix in sorted(by_side.items()):
+        if side == "hr" and (base, "lr") in by_side:
+            found.append((base + suffix, base + by_side[(base, "lr")], "{stem}" + suffix, "{stem}" + by_side[(base, "lr")]))
+    if lr_name != "{stem}":  # the configured LR template names another file of this folder
+        found += [(stem, lr_name.format(stem=stem), "{stem}", lr_name) for stem in sorted(stems)
+                  if lr_name.format(stem=stem) in stems]
+    for stem in sorted(stems):  # "babyx4" beside "baby": the DIV2K / BasicSR naming
+        match = _SCALE_SUFFIX.match(stem)
+        if match and match["stem"] in stems:
+            found.append((match["stem"], stem, "{stem}", "{stem}" + match["suffix"]))
+    if not found:
+        return None
+    hr_stem, lr_stem, hr_template, lr_template = found[0]
+    return hr_stem, lr_stem, hr_template, lr_template, len({pair[:2] for pair in found})
+
+
+def _hr_files_by_template(files: list[Path], *, hr_name: str, lr_name: str, one_folder: bool) -> list[tuple[str, Path]]:
+    """(shared name, HR file) for the files whose stem matches `hr_name`. In a folder shared with
+    LR files, an LR partner is never HR ('{stem}' beside '{stem}x4' matches "babyx4" too)."""
+    pattern = _name_pattern(hr_name, "dataset.hr_name")
+    hr_files = [(match["stem"], path) for path in files if (match := pattern.match(path.stem))]
+    if not one_folder:
+        return hr_files
+    if _name_pattern(lr_name, "dataset.lr_name").pattern == pattern.pattern:
+        raise GanrunError(
+            f"dataset.hr_name and dataset.lr_name are both {hr_name!r}, but HR and LR share one folder; "
+            "set them to the two names, e.g. dataset.hr_name='{stem}_HR' dataset.lr_name='{stem}_LR'"
+        )
+    partners = {lr_name.format(stem=key) for key, _ in hr_files}
+    return [(key, path) for key, path in hr_files if path.stem not in partners]
+
+
 def _read_or_none(path: Path, channels: int, alpha_background: AlphaBackground) -> Optional[tuple[torch.Tensor, bool]]:
     try:
         return _decode(path, channels, alpha_background)
@@ -83,12 +142,17 @@ def load_pairs(
     lr_name: str,
     scale: int,
     channels: int,
+    hr_name: Optional[str] = None,
     alpha_background: AlphaBackground = "white",
 ) -> list[Pair]:
-    """Every HR image of `hr_dir` with its LR partner from `lr_dir` (matched by `lr_name`; None:
-    made by bicubic downscaling), in file order. Pairs whose files cannot be read are skipped and
-    counted in one warning. Raises GanrunError for a missing folder or partner and an LR image of
-    the wrong size.
+    """Every HR image of `hr_dir` with its LR partner (matched by `lr_name`), in file order.
+
+    hr_name=None: every image of `hr_dir` is HR; LR files come from `lr_dir` (None: made by
+    bicubic downscaling). hr_name='{stem}_HR': only files named so are HR, `{stem}` is the name
+    both sides share, and LR files come from `lr_dir`, or from `hr_dir` itself when lr_dir=None
+    (input and target in one folder). Pairs whose files cannot be read are skipped and counted
+    in one warning. Raises GanrunError for a missing folder or partner, an LR image of the wrong
+    size, and a folder that holds both sides of pairs while hr_name is None.
     """
     hr_folder = Path(hr_dir).expanduser()
     if not hr_folder.is_dir():
@@ -99,13 +163,29 @@ def load_pairs(
     if "{stem}" not in lr_name:
         raise GanrunError(f"dataset.lr_name={lr_name!r} must contain {{stem}}, e.g. dataset.lr_name='{{stem}}x{scale}'")
     background_level(alpha_background)
-    hr_files = [(path.stem, path) for path in files]  # (the name both sides share, the HR file)
+    one_folder = hr_name is not None and (lr_dir is None or Path(lr_dir).expanduser().resolve() == hr_folder.resolve())
+    if one_folder:
+        lr_dir = hr_dir
+    if hr_name is None:
+        mixed = _mixed_sides({path.stem for path in files}, lr_name)
+        if mixed is not None:
+            hr_stem, lr_stem, hr_template, lr_template, count = mixed
+            raise GanrunError(
+                f"dataset.hr_dir={hr_dir!r} holds both sides of {count} pair{'s' if count > 1 else ''} (e.g. {hr_stem} and "
+                f"{lr_stem}) but no template says which is which; set dataset.hr_name='{hr_template}' "
+                f"dataset.lr_name='{lr_template}' (lr_dir=null then reads LR from the same folder)"
+            )
+        hr_files = [(path.stem, path) for path in files]  # (the name both sides share, the HR file)
+    else:
+        hr_files = _hr_files_by_template(files, hr_name=hr_name, lr_name=lr_name, one_folder=one_folder)
+        if not hr_files:
+            raise GanrunError(f"dataset.hr_dir={hr_dir!r} holds no images named like dataset.hr_name={hr_name!r}")
     lr_files: dict[str, Path] = {}
     if lr_dir is not None:
         lr_folder = Path(lr_dir).expanduser()
         if not lr_folder.is_dir():
             raise GanrunError(f"dataset.lr_dir={lr_dir!r} is not a folder; point it at the low-resolution images or set it to null")
-        lr_files = {path.stem: path for path in list_images(lr_folder)}
+        lr_files = {path.stem: path for path in (files if one_folder else list_images(lr_folder))}
         missing = [(key, path) for key, path in hr_files if lr_name.format(stem=key) not in lr_files]
         if missing:
             key, path = missing[0]
@@ -202,6 +282,8 @@ def load_paired_sr(
     val_lr_dir: Optional[str] = None,
     val_lr_name: Optional[str] = None,
     num_classes: int = 0,
+    hr_name: Optional[str] = None,
+    val_hr_name: Optional[str] = None,
     alpha_background: AlphaBackground = "white",
 ) -> PairedSRData:
     check_scale(scale)
@@ -210,14 +292,17 @@ def load_paired_sr(
     if hr_patch < scale or hr_patch % scale:
         raise GanrunError(f"dataset.hr_patch={hr_patch} must be a multiple of dataset.scale={scale}, e.g. {scale * 24}")
     background_level(alpha_background)
-    pairs = load_pairs(hr_dir=hr_dir, lr_dir=lr_dir, lr_name=lr_name, scale=scale, channels=channels,
+    pairs = load_pairs(hr_dir=hr_dir, lr_dir=lr_dir, lr_name=lr_name, scale=scale, channels=channels, hr_name=hr_name,
                        alpha_background=alpha_background)
     validation = []
     if val_hr_dir is not None:
         validation = load_pairs(hr_dir=val_hr_dir, lr_dir=val_lr_dir, lr_name=val_lr_name or lr_name, scale=scale,
-                                channels=channels, alpha_background=alpha_background)
+                                channels=channels, hr_name=val_hr_name or hr_name, alpha_background=alpha_background)
+    if hr_name is not None and lr_dir is None:
+        lr_dir = hr_dir  # one folder for both sides
     lr_source = f"LR from {lr_dir} ({lr_name})" if lr_dir is not None else "LR by bicubic downscaling"
-    source = f"paired SR x{scale}: {len(pairs):,} HR images from {hr_dir}, {lr_source}"
+    hr_source = f"{hr_dir} ({hr_name})" if hr_name is not None else hr_dir
+    source = f"paired SR x{scale}: {len(pairs):,} HR images from {hr_source}, {lr_source}"
     if validation:
         source += f"; validation: {len(validation)} from {val_hr_dir}"
     return PairedSRData(source=source, resolution=hr_patch, channels=channels, pairs=pairs, validation=validation,
