@@ -11,6 +11,7 @@ import hashlib
 import pickle
 import socket
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,3 +205,80 @@ def make_mixed_folder(root: Path) -> MixedFolder:
 @pytest.fixture
 def mixed_folder(tmp_path) -> MixedFolder:
     return make_mixed_folder(tmp_path / "images")
+
+
+# inputs real users have (tests/test_decoding.py)
+
+EXIF_ORIENTATION = 0x0112
+QUADRANT_COLOURS = ((230, 20, 20), (20, 200, 40), (30, 40, 220), (240, 230, 30))  # TL, TR, BL, BR
+
+
+def upright_pattern(height: int = 24, width: int = 40) -> np.ndarray:
+    """uint8 (height, width, 3): four solid quadrants of different colours, so every rotation and
+    flip of it is a different array; sides multiples of 8 keep JPEG blocks inside one colour."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    top, left = height // 2, width // 2
+    for (rows, cols), colour in zip(
+        [(slice(0, top), slice(0, left)), (slice(0, top), slice(left, None)),
+         (slice(top, None), slice(0, left)), (slice(top, None), slice(left, None))], QUADRANT_COLOURS):
+        pixels[rows, cols] = colour
+    return pixels
+
+
+def save_as_phone_photo(path: Path, upright: np.ndarray, **options) -> Path:
+    """Store `upright` rotated 90 degrees counter-clockwise with EXIF Orientation 6 ("rotate 90
+    clockwise to display"), as a phone held upright writes its sensor's landscape pixels."""
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(path, exif=exif, **options)
+    return path
+
+
+def gray16_ramp(height: int = 16, width: int = 20) -> np.ndarray:
+    """uint16 (height, width): 0 -> 65535 in equal steps that are not multiples of 257, so the
+    rounding of value / 257 is exercised."""
+    return np.linspace(0, 65535, height * width).round().astype(np.uint16).reshape(height, width)
+
+
+def png_rgb16_bytes(pixels: np.ndarray) -> bytes:
+    """A 48-bit RGB PNG (which PIL cannot write) from uint16 (H, W, 3), by the PNG spec."""
+    height, width, _ = pixels.shape
+    raw = b"".join(b"\x00" + pixels[row].astype(">u2").tobytes() for row in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)  # 16 bits, colour type 2 (RGB)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def green_sprite(size: int = 16) -> np.ndarray:
+    """uint8 (size, size, 4): opaque red at x < size/2 - 2, a half-transparent (alpha 128) red
+    edge two pixels wide, and fully transparent pixels that store green (as many editors leave them)."""
+    pixels = np.zeros((size, size, 4), np.uint8)
+    edge = size // 2 - 2
+    pixels[:, :edge] = (255, 0, 0, 255)
+    pixels[:, edge : size // 2] = (255, 0, 0, 128)
+    pixels[:, size // 2 :] = (0, 255, 0, 0)
+    return pixels
+
+
+def save_palette_with_transparent_index(path: Path, size: int = 8) -> Path:
+    """A palette PNG: index 1 (red) on the left half, index 0 (stored black) on the right half,
+    and index 0 declared transparent (tRNS), as GIF-era sprites and optimised PNGs are."""
+    image = Image.new("P", (size, size), 0)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0, 0, 0] * 254)
+    for x in range(size // 2):
+        for y in range(size):
+            image.putpixel((x, y), 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, transparency=0)
+    return path
+
+
+def truncate_file(path: Path, fraction: float = 0.5) -> Path:
+    """Keep the first `fraction` of the file's bytes: an interrupted copy or download."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    return path

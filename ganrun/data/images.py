@@ -24,9 +24,18 @@ from typing import ClassVar, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
+from ganrun.data.decode import (
+    UNREADABLE,
+    AlphaBackground,
+    background_level,
+    background_name,
+    file_is_complete,
+    has_transparency,
+    open_rgb_or_gray,
+)
 from ganrun.errors import GanrunError
 from ganrun.files import cache_dir
 
@@ -57,6 +66,7 @@ class ImageData:
     files: Optional[list[Path]] = None
     resolution: int = 0
     channels: int = 0
+    alpha_background: AlphaBackground = "white"  # what streamed files' transparency is composited onto
 
     def __len__(self) -> int:
         return len(self.images) if self.images is not None else len(self.files)
@@ -69,14 +79,36 @@ class ImageData:
         return Batches(data=self, **settings)
 
     def first_images(self, count: int) -> torch.Tensor:
-        """The first `count` images as float in [-1, 1], in file order: the fixed originals of
-        reconstruction grids (the same for every run on that data)."""
+        """The first `count` images as float (N, C, R, R) in [-1, 1], in file order: the fixed
+        originals of reconstruction grids (the same for every run on that data). Streamed files
+        that no longer decode are skipped like everywhere else (`readable_images`)."""
+        return torch.stack(list(self.readable_images(count))).float().div(127.5).sub(1.0)
+
+    def readable_images(self, count: int) -> Iterator[torch.Tensor]:
+        """The first `count` images as uint8 (C, R, R), in order. Streamed files that fail to decode
+        (cut short after the header check, changed on disk since) are skipped, the next file taking
+        their place, and counted in one warning: the policy of the loaders, applied at read time.
+        Raises GanrunError when not one file could be read."""
         count = min(count, len(self))
         if self.images is not None:
-            images = self.images[:count]
-        else:
-            images = torch.stack([decode_image(p, resolution=self.resolution, channels=self.channels) for p in self.files[:count]])
-        return images.float().div(127.5).sub(1.0)
+            yield from self.images[:count]
+            return
+        bad: list[Path] = []
+        read = 0
+        try:
+            for path in self.files:
+                if read == count:
+                    break
+                decoded = _decode_or_none(path, self.resolution, self.channels, self.alpha_background)
+                if decoded is None:
+                    bad.append(path)
+                    continue
+                read += 1
+                yield decoded[0]
+        finally:  # also when the reader stops early: the skipped files are still reported
+            report_unreadable(bad, read + len(bad))
+        if count and not read:
+            raise GanrunError(f"none of the {len(bad)} images of {self.source} could be read")
 
 
 # preprocessing
@@ -102,26 +134,48 @@ def conform(images: torch.Tensor, *, resolution: int, channels: int) -> torch.Te
     return torch.cat(chunks)
 
 
-def decode_image(path: Path, *, resolution: int, channels: int) -> torch.Tensor:
-    """One image file -> uint8 (channels, resolution, resolution); raises on unreadable files."""
-    with Image.open(path) as image:
-        image = image.convert("RGB" if channels == 3 else "L")
-        image = TF.resize(image, resolution, antialias=True)
-        image = TF.center_crop(image, [resolution, resolution])
-        return TF.pil_to_tensor(image)
+def decode_image(path: Path, *, resolution: int, channels: int, alpha_background: AlphaBackground = "white") -> torch.Tensor:
+    """One image file -> uint8 (channels, resolution, resolution), decoded by ganrun's one policy
+    (ganrun/data/decode.py: upright, 8-bit, transparency composited onto `alpha_background`),
+    then the shorter side resized (antialiased) and center-cropped. Raises one of
+    `ganrun.data.decode.UNREADABLE` on unreadable files."""
+    return _decode(path, resolution, channels, alpha_background)[0]
 
 
-def _decode_or_none(path: Path, resolution: int, channels: int) -> Optional[torch.Tensor]:
+def _decode(path: Path, resolution: int, channels: int, alpha_background: AlphaBackground) -> tuple[torch.Tensor, bool]:
+    """(uint8 (channels, resolution, resolution), whether the file had transparent pixels)."""
+    decoded = open_rgb_or_gray(path, channels=channels, alpha_background=alpha_background)
+    image = TF.resize(decoded.image, resolution, antialias=True)
+    image = TF.center_crop(image, [resolution, resolution])
+    return TF.pil_to_tensor(image), decoded.transparent
+
+
+def _decode_or_none(
+    path: Path, resolution: int, channels: int, alpha_background: AlphaBackground = "white",
+) -> Optional[tuple[torch.Tensor, bool]]:
     try:
-        return decode_image(path, resolution=resolution, channels=channels)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return _decode(path, resolution, channels, alpha_background)
+    except UNREADABLE:
         return None
 
 
-def _report_unreadable(bad: Sequence[Path], total: int) -> None:
+def _examples(paths: Sequence[Path]) -> str:
+    return ", ".join(str(p) for p in paths[:3])
+
+
+def report_unreadable(bad: Sequence[Path], total: int, *, items: str = "images") -> None:
+    """One warning line per dataset for the files skipped as unreadable (nothing when none were)."""
     if bad:
-        examples = ", ".join(str(p) for p in bad[:3])
-        warn(f"skipped {len(bad)} of {total} images that could not be read (e.g. {examples})")
+        warn(f"skipped {len(bad)} of {total} {items} that could not be read (e.g. {_examples(bad)})")
+
+
+def report_transparent(transparent: Sequence[Path], total: int, alpha_background: AlphaBackground) -> None:
+    """One warning line per dataset: how many images had transparent pixels, and what they became."""
+    if transparent:
+        warn(
+            f"{len(transparent)} of {total} images have transparent pixels, composited onto "
+            f"{background_name(alpha_background)} (dataset.alpha_background) (e.g. {_examples(transparent)})"
+        )
 
 
 def _fits_in_memory(count: int, resolution: int, channels: int, in_memory: str | bool, max_memory_mb: float) -> bool:
@@ -136,36 +190,54 @@ def _fits_in_memory(count: int, resolution: int, channels: int, in_memory: str |
 
 def images_from_files(
     files: list[Path], *, source: str, resolution: int, channels: int, in_memory: str | bool, max_memory_mb: float,
+    alpha_background: AlphaBackground = "white",
 ) -> ImageData:
     """Decode every file once into memory (parallel threads; PIL releases the GIL while decoding),
-    or, for sets too big for `max_memory_mb`, check headers now and stream the files later."""
+    or, for sets too big for `max_memory_mb`, check the files now (`_check_file`) and stream
+    them later. Either way unreadable files are skipped and counted in one warning line, and
+    images with transparent pixels in another. Raises GanrunError when no file can be read."""
+    background_level(alpha_background)  # a bad value fails here, not in a DataLoader worker
     workers = min(8, os.cpu_count() or 1)
     if _fits_in_memory(len(files), resolution, channels, in_memory, max_memory_mb):
         with ThreadPoolExecutor(workers) as pool:
-            decoded = list(pool.map(lambda p: _decode_or_none(p, resolution, channels), files, chunksize=64))
-        bad = [path for path, image in zip(files, decoded) if image is None]
-        _report_unreadable(bad, len(files))
-        good = [image for image in decoded if image is not None]
+            decoded = list(pool.map(lambda p: _decode_or_none(p, resolution, channels, alpha_background), files,
+                                    chunksize=64))
+        bad = [path for path, result in zip(files, decoded) if result is None]
+        report_unreadable(bad, len(files))
+        good = [result for result in decoded if result is not None]
         if not good:
             raise GanrunError(f"none of the {len(files)} images under {source} could be read")
-        return ImageData(source=source, images=torch.stack(good), resolution=resolution, channels=channels)
+        transparent = [path for path, result in zip(files, decoded) if result is not None and result[1]]
+        report_transparent(transparent, len(good), alpha_background)
+        return ImageData(source=source, images=torch.stack([image for image, _ in good]), resolution=resolution,
+                         channels=channels, alpha_background=alpha_background)
     with ThreadPoolExecutor(workers) as pool:
-        readable = list(pool.map(_header_ok, files, chunksize=256))
-    bad = [path for path, ok in zip(files, readable) if not ok]
-    _report_unreadable(bad, len(files))
-    good = [path for path, ok in zip(files, readable) if ok]
+        checked = list(pool.map(_check_file, files, chunksize=256))
+    bad = [path for path, (ok, _) in zip(files, checked) if not ok]
+    report_unreadable(bad, len(files))
+    good = [path for path, (ok, _) in zip(files, checked) if ok]
     if not good:
         raise GanrunError(f"none of the {len(files)} images under {source} could be read")
-    return ImageData(source=source, files=good, resolution=resolution, channels=channels)
+    report_transparent([path for path, (ok, transparent) in zip(files, checked) if ok and transparent], len(good),
+                       alpha_background)
+    return ImageData(source=source, files=good, resolution=resolution, channels=channels,
+                     alpha_background=alpha_background)
 
 
-def _header_ok(path: Path) -> bool:
+def _check_file(path: Path) -> tuple[bool, bool]:
+    """(the file looks complete, it has transparent pixels) for a streamed set. Only files whose
+    header declares transparency are decoded: most RGBA files are opaque, and a count from
+    headers alone would warn about every one of them."""
+    if not file_is_complete(path):
+        return False, False
     try:
         with Image.open(path) as image:
-            image.verify()
-        return True
-    except Exception:  # PIL raises many types for broken files; any of them means "skip"
-        return False
+            declared = has_transparency(image)
+        if not declared:
+            return True, False
+        return True, open_rgb_or_gray(path, channels=3, alpha_background=None).transparent
+    except UNREADABLE:
+        return False, False
 
 
 # MNIST family
@@ -451,9 +523,11 @@ def load_celeba(
     download: bool = False,
     in_memory: str | bool = "auto",
     max_memory_mb: float = 4096,
+    alpha_background: AlphaBackground = "white",
 ) -> ImageData:
     from torchvision import datasets
 
+    background_level(alpha_background)
     root_path = Path(root).expanduser()
     base = _celeba_base(root_path)
     if base is None and download:
@@ -488,7 +562,8 @@ def load_celeba(
     if not files:
         raise GanrunError(f"{image_dir} holds no images; set dataset.root to a folder with celeba/img_align_celeba/*.jpg")
     return images_from_files(
-        files, source=source, resolution=resolution, channels=channels, in_memory=in_memory, max_memory_mb=max_memory_mb
+        files, source=source, resolution=resolution, channels=channels, in_memory=in_memory, max_memory_mb=max_memory_mb,
+        alpha_background=alpha_background,
     )
 
 
@@ -501,7 +576,9 @@ def load_image_folder(
     num_classes: int = 0,
     in_memory: str | bool = "auto",
     max_memory_mb: float = 4096,
+    alpha_background: AlphaBackground = "white",
 ) -> ImageData:
+    background_level(alpha_background)
     folder = Path(root).expanduser()
     if not folder.is_dir():
         raise GanrunError(f"dataset.root={root!r} is not a folder; point it at a folder of images")
@@ -517,6 +594,7 @@ def load_image_folder(
         channels=channels,
         in_memory=in_memory,
         max_memory_mb=max_memory_mb,
+        alpha_background=alpha_background,
     )
 
 
@@ -534,8 +612,9 @@ def epoch_indices(num_items: int, *, epoch: int, seed: int, rank: int = 0, world
 
 
 class _FileDataset(torch.utils.data.Dataset):
-    def __init__(self, files: list[Path], resolution: int, channels: int):
+    def __init__(self, files: list[Path], resolution: int, channels: int, alpha_background: AlphaBackground):
         self.files, self.resolution, self.channels = files, resolution, channels
+        self.alpha_background = alpha_background
 
     def __len__(self) -> int:
         return len(self.files)
@@ -544,9 +623,10 @@ class _FileDataset(torch.utils.data.Dataset):
         # Headers were checked at load time; a file that still fails to decode is replaced by
         # its neighbour so one bad file cannot stop a long run.
         for offset in range(len(self.files)):
-            image = _decode_or_none(self.files[(index + offset) % len(self.files)], self.resolution, self.channels)
-            if image is not None:
-                return image
+            decoded = _decode_or_none(self.files[(index + offset) % len(self.files)], self.resolution, self.channels,
+                                      self.alpha_background)
+            if decoded is not None:
+                return decoded[0]
         raise RuntimeError("no readable image left in the dataset")
 
 
@@ -633,7 +713,7 @@ class Batches:
     def _next_streamed(self) -> torch.Tensor:
         if self._loader_iter is None:
             loader = torch.utils.data.DataLoader(
-                _FileDataset(self.data.files, self.data.resolution, self.data.channels),
+                _FileDataset(self.data.files, self.data.resolution, self.data.channels, self.data.alpha_background),
                 batch_sampler=_EpochBatches(self, self.epoch, self.position),
                 num_workers=self.num_workers,
                 pin_memory=self.device.type == "cuda",

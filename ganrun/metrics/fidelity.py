@@ -11,6 +11,7 @@ bilinear resize to 299x299, the TF Inception-v3 of 2015-12-05, and reference fea
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
@@ -20,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ganrun.files import atomic_save
-from ganrun.data.images import ImageData, decode_image
+from ganrun.data.images import ImageData
 from ganrun.errors import GanrunError
 from ganrun import hardware
 from ganrun.metrics.inception import find_inception_weights, load_feature_extractor
@@ -65,15 +66,17 @@ def as_rgb(images: torch.Tensor) -> torch.Tensor:
 
 
 def data_batches(data: ImageData, *, count: int, batch_size: int) -> Iterator[torch.Tensor]:
-    """The first `count` images of a dataset as uint8 RGB batches (a fixed, ordered subset)."""
-    for start in range(0, count, batch_size):
-        stop = min(start + batch_size, count)
-        if data.images is not None:
-            yield as_rgb(data.images[start:stop])
-        else:  # streamed folders: decoded here, in order
-            yield as_rgb(torch.stack([
-                decode_image(path, resolution=data.resolution, channels=data.channels) for path in data.files[start:stop]
-            ]))
+    """The first `count` images of a dataset as uint8 RGB batches (N, 3, R, R), a fixed, ordered
+    subset. Streamed files are decoded here by the loaders' policy (ImageData.readable_images):
+    a file that fails to decode is skipped, the next one taking its place, and counted in one
+    warning, exactly as training skips it."""
+    if data.images is not None:
+        for start in range(0, count, batch_size):
+            yield as_rgb(data.images[start : min(start + batch_size, count)])
+        return
+    images = data.readable_images(count)
+    while batch := list(itertools.islice(images, batch_size)):
+        yield as_rgb(torch.stack(batch))
 
 
 def generated_batches(recipe, G: torch.nn.Module, *, count: int, batch_size: int, seed: int,
