@@ -1,0 +1,123 @@
+"""Inputs at the edge: paths with '=' in both of Hydra's forms, KID and FID on small samples, a
+decaying LR resumed past its old end, explicit data roots that do not exist, and refused
+commands that leave nothing behind (issues #14 and #15)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import cli, compose_train, run_train, tiny_overrides
+from ganrun.errors import GanrunError
+from ganrun.loop.checkpoint import LAST, load_checkpoint
+from test_cli import assert_one_line_error
+
+# helpers
+
+
+def quoted(key: str, path: Path) -> str:
+    """Hydra's quoted form, as the shell hands it over for "key='path'"."""
+    return f"{key}='{path}'"
+
+
+def escaped(key: str, path: Path) -> str:
+    """Hydra's escaped form, as the shell hands it over for 'key=a\\=b'."""
+    return f"{key}={str(path).replace('=', chr(92) + '=')}"
+
+
+def tree(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(path.relative_to(folder)): (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else (0, 0)
+            for path in folder.rglob("*")}
+
+
+@pytest.fixture
+def lr_run(mnist_root, tmp_path) -> Path:
+    """A tiny 4-step run in a folder named as Hydra's override_dirname names them, with a
+    Lightning-style checkpoint name beside last.pt."""
+    run_dir = tmp_path / "ckpts" / "lr=2e-4"
+    run_train(tiny_overrides(mnist_root), run_dir)
+    shutil.copy(run_dir / "checkpoints" / LAST, run_dir / "checkpoints" / "epoch=3-step=100.pt")
+    return run_dir
+
+
+# C. a decaying LR resumed past its old end
+
+
+def test_a_decay_resumed_past_its_end_continues_to_zero_at_the_new_end(mnist_root, tmp_path, monkeypatch):
+    used = []  # the rate of every optimizer step, as Adam reads it
+    adam_step = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: used.append(self.param_groups[0]["lr"]) or adam_step(self, *a, **k))
+    run_dir = tmp_path / "run"
+    overrides = tiny_overrides(mnist_root, **{"trainer.max_steps": 20, "trainer.sample_every": 0, "trainer.log_every": 10,
+                                              "optim.decay": "linear", "optim.decay_start": 0.5})
+    run_train(overrides, run_dir)
+    run_train([f"resume={run_dir}", "trainer.max_steps=40"], run_dir)
+
+    rates = used[1::2]  # D then G each step, on the same schedule
+    assert len(rates) == 40 and used[0::2] == rates
+    last = load_checkpoint(run_dir / "checkpoints" / LAST)
+    assert last["config"]["optim"]["total_steps"] == 40 and last["progress"]["step"] == 40
+    assert last["recipe"]["optimizers"]["G"]["param_groups"][0]["lr"] == 0.0  # 0 at the new end
+    # steps 1-20 as before: constant to step 10, then 2e-4 * (20 - (k - 1)) / 10
+    assert rates[:20] == pytest.approx([2e-4] * 10 + [2e-4 * (20 - k) / 10 for k in range(10, 20)])
+    # steps 21-40: on from step 20's 2e-5 in a straight line to 0 at step 40, never 0 before
+    assert rates[20:] == pytest.approx([2e-5 * (40 - k) / 21 for k in range(20, 40)])
+    assert all(rate > 0 for rate in rates[20:]) and rates[39] < 1e-6
+    steps = [a - b for a, b in zip(rates, rates[1:])]
+    assert all(step >= 0 for step in steps)  # never up
+    assert steps[19] <= max(steps[:19])  # across the resume: no larger a change than a decaying step had
+
+
+def test_resume_horizon_follows_max_steps_unless_total_steps_is_given():
+    from ganrun.config import to_plain
+    from ganrun.training import merge_resume_config
+
+    plain = to_plain(compose_train(["optim.decay=linear", "trainer.max_steps=20"]))
+    assert plain["optim"]["total_steps"] == 20
+
+    def total(saved_config: dict, overrides: list[str]) -> int:
+        return merge_resume_config(saved_config, compose_train(overrides), overrides).optim.total_steps
+
+    assert total(plain, ["trainer.max_steps=40"]) == 40
+    assert total(plain, ["trainer.max_steps=40", "optim.total_steps=30"]) == 30
+    assert total(plain, ["trainer.log_every=5"]) == 20
+    pinned = {**plain, "optim": {**plain["optim"], "total_steps": 25}}  # set apart from max_steps: stays
+    assert total(pinned, ["trainer.max_steps=40"]) == 25
+
+
+def test_schedules_continue_from_the_rate_they_hold():
+    from ganrun.recipes.base import LinearDecay, continue_schedule, linear_decay_schedulers
+
+    def scheduler(total_steps: int, *, steps: int = 0):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        schedule = linear_decay_schedulers({"G": optimizer}, decay="linear", decay_start=0.5, total_steps=total_steps)["G"]
+        for _ in range(steps):
+            optimizer.step()
+            schedule.step()
+        return schedule
+
+    def resumed(total_steps: int, saved, state: dict):
+        """As Recipe.load_state_dict does it: the optimizer's state, then the scheduler's."""
+        schedule = scheduler(total_steps)
+        schedule.optimizer.load_state_dict(saved.optimizer.state_dict())
+        continue_schedule(schedule, state)
+        return schedule
+
+    # before the decay began: the new horizon's own schedule (1 until 20, then to 0 at 40)
+    early = scheduler(20, steps=8)
+    longer = resumed(40, early, early.state_dict())
+    assert longer.lr_lambdas[0].anchor_step is None and longer.optimizer.param_groups[0]["lr"] == 1.0
+    # the same horizon: the saved state exactly
+    middle = scheduler(20, steps=15)
+    assert resumed(20, middle, middle.state_dict()).state_dict() == middle.state_dict()
+    # checkpoints from before schedules were saved: on from the rate they hold (0.5 after 15 of 20)
+    old_format = {**middle.state_dict(), "lr_lambdas": [None]}
+    longer = resumed(40, middle, old_format)
+    assert longer.optimizer.param_groups[0]["lr"] == 0.5 and longer.get_last_lr() == [0.5]
+    assert longer.lr_lambdas[0](30) == pytest.approx(0.5 * 10 / 25)
+    assert resumed(20, middle, old_format).lr_lambdas[0].anchor_step is None  # same horizon: nothing to continue
+    assert LinearDecay(start=10, end=20)(20) == 0.0 and LinearDecay(start=10, end=20)(5) == 1.0
