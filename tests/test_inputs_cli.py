@@ -44,6 +44,53 @@ def lr_run(mnist_root, tmp_path) -> Path:
     return run_dir
 
 
+# B. small-sample metrics
+
+
+def features(count: int, *, seed: int, shift: float = 0.0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {"2048": torch.randn(count, 2048, generator=generator).abs() + shift}
+
+
+def test_kid_subsets_are_at_most_half_the_samples_so_kid_std_means_something(monkeypatch):
+    import torch_fidelity.metric_kid as metric_kid
+
+    from ganrun.metrics.fidelity import compute_metrics, kid_subset_size_for
+
+    sizes = []
+    original = metric_kid.kid_features_to_metric
+    monkeypatch.setattr(metric_kid, "kid_features_to_metric",
+                        lambda *args, **kwargs: sizes.append(kwargs["kid_subset_size"]) or original(*args, **kwargs))
+    fake, real = features(100, seed=1, shift=0.05), features(100, seed=2)
+    values = compute_metrics(fake, real, metrics=["kid"], kid_subset_size=1000)
+    assert sizes == [50]
+    # Subsets of all 100 were the same 100 every time: kid_std 1e-7 whatever the model.
+    whole = original(fake["2048"], real["2048"], kid_subsets=100, kid_subset_size=100, rng_seed=0, verbose=False)
+    assert whole["kernel_inception_distance_std"] < 1e-6
+    assert values["kid_std"] > 1e-3 * abs(values["kid_mean"]) and values["kid_std"] > 1000 * whole["kernel_inception_distance_std"]
+
+    assert kid_subset_size_for(1000, 100, 81) == 40 and kid_subset_size_for(10, 100, 100) == 10
+    with pytest.raises(GanrunError, match="KID needs at least 4 samples per side .* got 3 generated and 100 reference"):
+        kid_subset_size_for(1000, 3, 100)
+
+
+def test_cautions_for_fid_below_2048_samples_and_shrunken_kid_subsets():
+    from ganrun.metrics.fidelity import cautions
+
+    small = {"2048": torch.zeros(100, 1)}
+    notes = cautions(small, small, metrics=["fid", "kid"], kid_subset_size=1000)
+    assert notes == [
+        "FID from 100 generated and 100 reference samples: below 2,048 per side the 2048x2048 covariance is "
+        "rank-deficient, so FID reads high and compares only with FIDs from the same sample counts",
+        "KID on 100 subsets of 50 (at most half of the 100 samples per side; kid_subset_size=1000 asked): "
+        "kid_std compares only with KIDs from the same subset size",
+    ]
+    assert all("\n" not in note for note in notes)
+    enough = {"2048": torch.zeros(2048, 1)}
+    assert cautions(enough, enough, metrics=["fid", "kid", "prc"], kid_subset_size=1000) == []
+    assert cautions(small, small, metrics=["prc"]) == []
+
+
 # C. a decaying LR resumed past its old end
 
 
