@@ -44,6 +44,61 @@ def lr_run(mnist_root, tmp_path) -> Path:
     return run_dir
 
 
+# A. '=' in paths
+
+
+@pytest.mark.parametrize("form", [quoted, escaped], ids=["quoted", "escaped"])
+def test_paths_with_equals_signs_work_in_both_hydra_forms(form, capsys, lr_run, tmp_path):
+    lightning = lr_run / "checkpoints" / "epoch=3-step=100.pt"
+    out = tmp_path / "grid.png"
+    code, _, err = cli(capsys, "sample", form("ckpt", lightning), "n=4", f"out={out}")
+    assert code == 0, err
+    assert out.is_file()
+
+    code, _, err = cli(capsys, "train", form("resume", lr_run), "trainer.max_steps=6")
+    assert code == 0, err
+    assert load_checkpoint(lr_run / "checkpoints" / LAST)["progress"]["step"] == 6  # continued in its own dir
+    assert len(list((lr_run / ".hydra").glob("resume-*"))) == 1
+
+    new_run = tmp_path / "new=run"
+    code, _, err = cli(capsys, "train", form("init_from", lightning), *tiny_overrides(tmp_path / "data"),
+                       "trainer.max_steps=1", form("hydra.run.dir", new_run))
+    assert code == 0, err
+    assert (new_run / "checkpoints" / LAST).is_file()
+
+
+def test_eval_and_sample_folders_are_checked_as_parsed(lr_run, tmp_path):
+    from ganrun.cli import preflight_eval, preflight_sample
+
+    inputs = tmp_path / "lr=x4"
+    inputs.mkdir()
+    for form in (quoted, escaped):
+        preflight_eval([form("run", lr_run)])
+        preflight_eval([form("ckpt", lr_run / "checkpoints" / "epoch=3-step=100.pt")])
+        preflight_eval([form("real", inputs), form("fake", inputs)])
+        preflight_sample([form("ckpt", lr_run), form("input_dir", inputs), form("out_dir", tmp_path / "sr=out")])
+    with pytest.raises(GanrunError, match=r"^real=.*/lr=x5 is not a folder \(does not exist\); pass an existing folder$"):
+        preflight_eval([quoted("real", tmp_path / "lr=x5"), quoted("fake", inputs)])
+    with pytest.raises(GanrunError, match=r"^data_root=.*/lr=x5 is not a folder \(does not exist\); point data_root at"):
+        preflight_eval([quoted("ckpt", lr_run), quoted("data_root", tmp_path / "lr=x5")])
+    with pytest.raises(GanrunError, match=r"^input_dir=.*/lr=x5 is not a folder \(does not exist\)"):
+        preflight_sample([quoted("ckpt", lr_run), escaped("input_dir", tmp_path / "lr=x5")])
+
+
+def test_an_unquoted_equals_sign_gets_both_fixes_in_one_line(capsys, lr_run, tmp_path):
+    path = "ckpts/lr=2e-4/epoch=3-step=100.pt"
+    code, _, err = cli(capsys, "sample", f"ckpt={path}")
+    assert_one_line_error(
+        code, err,
+        f"cannot parse ckpt={path}: paths with '=' need quotes:",
+        f"\"ckpt='{path}'\"",
+        "or escape each '=' as '\\=': 'ckpt=ckpts/lr\\=2e-4/epoch\\=3-step\\=100.pt'",
+    )
+    code, _, err = cli(capsys, "train", f"resume={lr_run}")
+    assert_one_line_error(code, err, f"cannot parse resume={lr_run}", f"\"resume='{lr_run}'\"")
+    assert not (tmp_path / "outputs").exists()
+
+
 # B. small-sample metrics
 
 
@@ -173,6 +228,32 @@ def test_schedules_continue_from_the_rate_they_hold():
 # D. explicit data roots
 
 
+def _file(path: Path) -> Path:
+    path.write_text("")
+    return path
+
+
+def _loop(path: Path) -> Path:
+    os.symlink(path, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make_root, problem",
+    [
+        (lambda tmp: tmp / "missing", "does not exist"),
+        (lambda tmp: _file(tmp / "a_file"), "a file"),
+        (lambda tmp: _loop(tmp / "loop"), "a symlink loop"),
+    ],
+    ids=["missing", "file", "symlink-loop"],
+)
+def test_an_explicit_data_root_that_is_not_a_folder_is_an_error_not_the_fallback(make_root, problem, capsys, tmp_path):
+    root = make_root(tmp_path)
+    code, out, err = cli(capsys, "train", f"dataset.root={root}", "trainer.max_steps=1", "logger.mode=disabled")
+    assert_one_line_error(code, err, f"dataset.root={root} is not a folder ({problem});", "point dataset.root at")
+    assert "fallback" not in out and not (tmp_path / "outputs").exists()  # no training, no run dir
+
+
 def test_an_explicit_root_without_the_files_gets_no_fallback_digits(tmp_path):
     from ganrun.data import load_mnist_family
 
@@ -198,3 +279,73 @@ def test_the_default_root_still_falls_back_offline(capsys, tmp_path):
     assert code == 0, err
     assert "5,000-digit MNIST subset" in err and "fallback: 5,000 MNIST digits" in out
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / LAST)["config"]["dataset"]["root"] == "data"
+
+
+# E. refused commands leave nothing behind
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["trainer.max_step=10"], ["unknown config key 'trainer.max_step'"]),
+        (["trainer.max_steps=ten"], ["bad value for 'trainer.max_steps'"]),
+        (["dataset.root=/no/such/data"], ["dataset.root=/no/such/data is not a folder (does not exist)"]),
+        (["init_from=/no/such/run"], ["'/no/such/run' does not exist"]),
+        (["dataset=image_folder"], ["dataset=image_folder needs a folder: dataset.root=DIR"]),
+        # found only by training itself, after Hydra made the run dir: removed again
+        (["model.diffaugment=colour"], ["model.diffaugment='colour'"]),
+        (["CORRUPT"], ["is truncated"]),
+    ],
+    ids=["unknown-key", "bad-value", "missing-root", "missing-init-from", "no-root", "bad-model-setting", "corrupt-data"],
+)
+def test_a_refused_train_command_leaves_no_run_dir(args, fragments, capsys, mnist_root, tmp_path):
+    if args == ["CORRUPT"]:
+        idx = mnist_root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
+        idx.write_bytes(idx.read_bytes()[:-200])
+        args = []
+    before = set(tmp_path.rglob("*"))
+    shrunk = [] if args[:1] == ["dataset=image_folder"] else tiny_overrides(mnist_root)  # its own keys
+    code, _, err = cli(capsys, "train", *shrunk, *args)
+    assert_one_line_error(code, err, *fragments)
+    assert set(tmp_path.rglob("*")) == before  # no outputs/DATE/TIME/.hydra
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["experiment=dcgan_mnist"], ["resume takes value overrides", "not experiment=..."]),
+        (["~dataset.in_memory"], ["cannot delete 'dataset.in_memory' when resuming"]),
+        (["optim.lr=-1"], ["optim.lr must be > 0, got -1"]),
+        (["model.G.width=16"], ["different model", "model.G"]),
+        (["dataset.root=/no/such/data"], ["dataset.root=/no/such/data is not a folder"]),
+    ],
+    ids=["experiment", "delete", "bad-value", "other-model", "missing-root"],
+)
+def test_a_refused_resume_leaves_the_run_as_it_was(args, fragments, capsys, mnist_root, tmp_path):
+    run_dir = tmp_path / "run"
+    run_train(tiny_overrides(mnist_root), run_dir)
+    before = tree(run_dir)
+    code, _, err = cli(capsys, "train", f"resume={run_dir}", *args)
+    assert_one_line_error(code, err, *fragments)
+    assert tree(run_dir) == before  # no .hydra/resume-* either
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_cleanup_keeps_a_run_that_had_begun(tmp_path):
+    from ganrun.cli import RefusedRunCleanup
+
+    run_dir = tmp_path / "outputs" / "day" / "time"
+    with pytest.raises(SystemExit), RefusedRunCleanup(run_dir):
+        (run_dir / ".hydra").mkdir(parents=True)
+        (run_dir / ".hydra" / "config.yaml").write_text("a: 1\n")
+        raise SystemExit(2)
+    assert not (tmp_path / "outputs").exists()  # only Hydra's files: all gone, outputs/ too
+    with pytest.raises(SystemExit), RefusedRunCleanup(run_dir):
+        (run_dir / ".hydra").mkdir(parents=True)
+        (run_dir / "metrics.jsonl").write_text("{}\n")
+        raise SystemExit(2)
+    assert (run_dir / "metrics.jsonl").is_file() and (run_dir / ".hydra").is_dir()  # it had begun: kept
+    with pytest.raises(SystemExit), RefusedRunCleanup(tmp_path / "other"):
+        (tmp_path / "other" / ".hydra").mkdir(parents=True)
+        raise SystemExit(1)  # diverged, not refused: kept
+    assert (tmp_path / "other" / ".hydra").is_dir()
