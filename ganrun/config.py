@@ -172,6 +172,7 @@ class SREvalDataset:
     hr_dir: Optional[str] = None
     lr_dir: Optional[str] = None  # null: LR by bicubic downscaling of hr_dir
     lr_name: Optional[str] = None  # e.g. '{stem}x4'
+    hr_name: Optional[str] = None  # HR and LR in one folder: e.g. '{stem}_HR' beside lr_name='{stem}_LR'
 
 
 @dataclass

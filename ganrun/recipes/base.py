@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -123,6 +123,7 @@ class Recipe:
 
         `optim.decay=linear` decays every learning rate linearly to 0 from `decay_start`
         (a fraction of `total_steps`) on; the loop steps the schedulers once per train_step.
+        How a resumed run continues the schedule when `total_steps` changed: `LinearDecay`.
         """
         self.optimizers = {name: optim[name](network.parameters()) for name, network in self.networks.items()}
         self.schedulers = linear_decay_schedulers(
@@ -167,7 +168,7 @@ class Recipe:
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         for name, scheduler in self.schedulers.items():
-            scheduler.load_state_dict(state["schedulers"][name])
+            continue_schedule(scheduler, state["schedulers"][name])
 
     # the family's side
 
@@ -192,10 +193,77 @@ class Recipe:
 # helpers
 
 
+class LinearDecay:
+    """The learning-rate factor of `optim.decay=linear` after `step` optimizer steps.
+
+    Fresh: 1 until `start`, then linearly to 0 at `end` (= optim.total_steps):
+        factor(step) = clamp((end - step) / (end - start), 0, 1).
+    Resumed with another `end` (a longer trainer.max_steps) after the decay began: the factor
+    continues in a straight line from the one the last completed step used, `anchor_factor` at
+    step `anchor_step`, to 0 at the new `end`:
+        factor(step) = clamp(anchor_factor * (end - step) / (end - anchor_step), 0, 1).
+    So the rate never jumps: the slope changes at the resume, the value does not (see
+    `continue_schedule`). Its fields are the scheduler's saved state (LambdaLR keeps a callable
+    object's __dict__), so the checkpoint records which line a run is on.
+    """
+
+    def __init__(self, *, start: int, end: int, anchor_step: Optional[int] = None, anchor_factor: float = 1.0):
+        self.start, self.end = start, end
+        self.anchor_step, self.anchor_factor = anchor_step, anchor_factor
+
+    def __call__(self, step: int) -> float:
+        if self.anchor_step is None:
+            return max(0.0, min(1.0, (self.end - step) / max(1, self.end - self.start)))
+        return max(0.0, min(1.0, self.anchor_factor * (self.end - step) / max(1, self.end - self.anchor_step)))
+
+    def continue_from(self, *, step: int, factor: float) -> None:
+        """Continue from `factor` at `step`: if the decay had not begun and this schedule's own
+        start is still ahead, this schedule as it is; otherwise the straight line to 0 at `end`."""
+        if factor >= 1.0 and step <= self.start:
+            self.anchor_step, self.anchor_factor = None, 1.0
+        else:
+            self.anchor_step, self.anchor_factor = step, factor
+
+
+def continue_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict) -> None:
+    """Load a scheduler's saved state, continuing its decay on this config's horizon.
+
+    Same start and end as saved (an interrupted run resumed as it was): the saved state as it
+    is, so a resumed run stays bit-identical to an uninterrupted one. Another end (the resume
+    raised trainer.max_steps, and with it optim.total_steps): the LR the last completed step
+    used, continued linearly to 0 at the new end (`LinearDecay`); the optimizer's rate for the
+    next step is set from it at once. Checkpoints from before schedules were saved (their
+    state holds no schedule) continue from the rate they hold: a decay that had reached 0 stays 0.
+    """
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        scheduler.load_state_dict(state)
+        return
+    saved = list(state.get("lr_lambdas") or [None] * len(scheduler.lr_lambdas))
+    scheduler.load_state_dict({**state, "lr_lambdas": [None] * len(saved)})  # counters and rates, not the schedule
+    steps = scheduler.last_epoch
+    for index, (schedule, group) in enumerate(zip(scheduler.lr_lambdas, scheduler.optimizer.param_groups)):
+        if not isinstance(schedule, LinearDecay):
+            continue
+        old = saved[index]
+        if old is not None and (old["start"], old["end"]) == (schedule.start, schedule.end):
+            schedule.__dict__.update(old)  # the same horizon: exactly the saved schedule
+            continue
+        if old is not None:
+            previous = LinearDecay(**old)
+            schedule.continue_from(step=steps - 1, factor=previous(steps - 1))
+        else:
+            base_lr = scheduler.base_lrs[index]
+            if group["lr"] == base_lr * schedule(steps):  # as LambdaLR computed it: the same schedule
+                continue
+            schedule.continue_from(step=steps, factor=float(group["lr"]) / base_lr if base_lr else 0.0)
+        group["lr"] = scheduler.base_lrs[index] * schedule(steps)
+        scheduler._last_lr[index] = group["lr"]
+
+
 def linear_decay_schedulers(
     optimizers: dict[str, torch.optim.Optimizer], *, decay: str, decay_start: float, total_steps: int
 ) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
-    """LambdaLR schedulers: constant until decay_start * total_steps, then linearly to 0 at total_steps."""
+    """LambdaLR schedulers of `LinearDecay`: constant until decay_start * total_steps, then linearly to 0 at total_steps."""
     if decay == "none":
         return {}
     if decay != "linear":
@@ -203,8 +271,7 @@ def linear_decay_schedulers(
     if not 0.0 <= decay_start < 1.0:
         raise GanrunError(f"optim.decay_start must be a fraction in [0, 1), got {decay_start}")
     start = int(decay_start * total_steps)
-
-    def factor(step: int) -> float:
-        return max(0.0, min(1.0, (total_steps - step) / max(1, total_steps - start)))
-
-    return {name: torch.optim.lr_scheduler.LambdaLR(optimizer, factor) for name, optimizer in optimizers.items()}
+    return {
+        name: torch.optim.lr_scheduler.LambdaLR(optimizer, LinearDecay(start=start, end=total_steps))
+        for name, optimizer in optimizers.items()
+    }

@@ -25,6 +25,7 @@ from ganrun.metrics.fidelity import (
     HIGHER_IS_BETTER,
     RESIZE,
     FeatureExtractor,
+    cautions,
     check_metric_names,
     compute_metrics,
     format_result,
@@ -102,9 +103,14 @@ def evaluate_checkpoint(path: Path, cfg: DictConfig, metrics: list[str], extract
         "feature_extractor": extractor.description,
         "seed": cfg.seed,
     }
+    notes = cautions(fake, real, metrics=metrics, kid_subset_size=cfg.kid_subset_size)
+    if notes:
+        protocol["cautions"] = notes
     result = {"checkpoint": str(path), "step": step, "metrics": values, "protocol": protocol,
               "seconds_generated_side": round(fake_seconds, 1)}
     print(f"{path} (step {step}): {format_result(values, protocol)}\n  time for the generated side: {fake_seconds:.1f} s")
+    for note in notes:
+        print(f"  caution: {note}")
     record_result(path, result, values=values)
     return result
 
@@ -161,8 +167,9 @@ class GenerationTask(Task):
                 f"eval.best_metric={cfg.eval.best_metric!r} is not among what eval.metrics={metrics} reports "
                 f"({', '.join(keys)}); e.g. eval.best_metric={keys[0]}"
             )
-        if cfg.eval.num_samples < 2:
-            raise GanrunError(f"eval.num_samples must be >= 2, got {cfg.eval.num_samples}")
+        least = 4 if "kid" in metrics else 2  # KID: subsets of >= 2, at most half of each side
+        if cfg.eval.num_samples < least:
+            raise GanrunError(f"eval.num_samples must be >= {least} for eval.metrics={metrics}, got {cfg.eval.num_samples}")
 
     def training_evaluator(self, *, settings: DictConfig, data: Any, dataset_cfg: dict,
                            device: torch.device) -> Evaluator:

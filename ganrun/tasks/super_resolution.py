@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from ganrun.config import choice
-from ganrun.data.images import list_images
+from ganrun.data.images import list_images, warn
 from ganrun.data.paired_sr import Pair, load_pairs, read_image
 from ganrun.errors import GanrunError
 from ganrun.hardware import choose_device
@@ -72,9 +72,10 @@ def check_border(border: Optional[int], scale: int) -> int:
 
 @torch.no_grad()
 def super_resolve_folder(recipe, G: torch.nn.Module, *, input_dir: str, out_dir: str, channels: int,
-                         device: torch.device, tile: int, overlap: int) -> list[Path]:
-    """Every image under `input_dir` (any size), super-resolved tile by tile into `out_dir` as
-    PNG with the same relative name."""
+                         device: torch.device, tile: int, overlap: int, alpha_background: Any = "white") -> list[Path]:
+    """Every image under `input_dir` (any size), decoded by ganrun's one policy (upright, 8-bit,
+    transparency onto `alpha_background`), super-resolved tile by tile into `out_dir` as PNG with
+    the same relative name. Unreadable files are skipped and counted in one warning."""
     folder, target = Path(input_dir).expanduser(), Path(out_dir).expanduser()
     if not folder.is_dir():
         raise GanrunError(f"input_dir={input_dir!r} is not a folder of images")
@@ -83,14 +84,22 @@ def super_resolve_folder(recipe, G: torch.nn.Module, *, input_dir: str, out_dir:
         raise GanrunError(f"input_dir={input_dir!r} holds no images")
     if target.resolve() == folder.resolve():
         raise GanrunError(f"out_dir={out_dir!r} is input_dir: pick another folder, inputs are never overwritten")
-    written = []
+    written, unreadable = [], []
     for path in files:
-        lr = to_float(read_image(path, channels=channels)).unsqueeze(0).to(device)
+        try:
+            image = read_image(path, channels=channels, alpha_background=alpha_background)
+        except GanrunError:  # one bad file of many: skipped and counted, as every reader does
+            unreadable.append(path)
+            continue
+        lr = to_float(image).unsqueeze(0).to(device)
         sr = tiled(lambda x: recipe.super_resolve(G, x), lr, scale=recipe.scale, tile=tile, overlap=overlap)
         out = (target / path.relative_to(folder)).with_suffix(".png")
         out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(to_uint8(sr[0]).permute(1, 2, 0).squeeze(-1).cpu().numpy()).save(out)
         written.append(out)
+    if unreadable:
+        examples = ", ".join(str(path) for path in unreadable[:3])
+        warn(f"skipped {len(unreadable)} of {len(files)} images that could not be read (e.g. {examples})")
     print(f"wrote {len(written)} images (x{recipe.scale}) to {target}")
     return written
 
@@ -106,16 +115,19 @@ def evaluate_sr_checkpoint(path, cfg, *, device: torch.device, perceptual: Optio
     dataset = config.dataset
     if cfg.dataset.hr_dir is not None:
         hr_dir, lr_dir, lr_name = cfg.dataset.hr_dir, cfg.dataset.lr_dir, cfg.dataset.lr_name or "{stem}"
+        hr_name = cfg.dataset.hr_name
     elif dataset.get("val_hr_dir"):
         hr_dir, lr_dir = dataset.val_hr_dir, dataset.get("val_lr_dir")
         lr_name = cfg.dataset.lr_name or dataset.get("val_lr_name") or dataset.lr_name
+        hr_name = cfg.dataset.hr_name or dataset.get("val_hr_name") or dataset.get("hr_name")
     else:
         raise GanrunError(
             f"{path} was trained without a validation folder: pass the pairs to measure on, e.g. "
             f"dataset.hr_dir=Set5/HR dataset.lr_dir=Set5/LR_bicubic/X{recipe.scale} dataset.lr_name='{{stem}}x{recipe.scale}'"
         )
     border = check_border(cfg.crop_border, recipe.scale)
-    pairs = load_pairs(hr_dir=hr_dir, lr_dir=lr_dir, lr_name=lr_name, scale=recipe.scale, channels=dataset.channels)
+    pairs = load_pairs(hr_dir=hr_dir, lr_dir=lr_dir, lr_name=lr_name, hr_name=hr_name, scale=recipe.scale,
+                       channels=dataset.channels, alpha_background=dataset.get("alpha_background", "white"))
     start = time.perf_counter()
     rows = measure_pairs(recipe, G, pairs, border=border, device=device, tile=cfg.tile, overlap=cfg.tile_overlap,
                          perceptual=perceptual)
@@ -200,4 +212,5 @@ class SuperResolutionTask(Task):
             raise GanrunError(f"tile and tile_overlap must be >= 0, got {cfg.tile} and {cfg.tile_overlap}")
         recipe, G, config = rebuild_from_checkpoint(path, device=device, use_ema=cfg.ema)
         return super_resolve_folder(recipe, G, input_dir=cfg.input_dir, out_dir=cfg.out_dir, channels=config.dataset.channels,
-                                    device=device, tile=cfg.tile, overlap=cfg.tile_overlap)
+                                    device=device, tile=cfg.tile, overlap=cfg.tile_overlap,
+                                    alpha_background=config.dataset.get("alpha_background", "white"))
