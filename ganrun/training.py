@@ -19,13 +19,13 @@ from torch import nn
 from ganrun import __version__
 from ganrun.config import AlarmSettings
 from ganrun.loop.alarms import Alarms
-from ganrun.loop.checkpoint import (
+from ganrun.loop.checkpoint import (  # run integrity (#15): save_checkpoint_file
     FORMAT,
-    atomic_save,
     capture_rng,
     load_checkpoint,
     resolve_checkpoint_path,
     restore_rng,
+    save_checkpoint_file,
     write_checkpoint,
 )
 from ganrun.config import TrainConfig, build, choice, to_plain, validate_train_config
@@ -396,7 +396,8 @@ def train(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> Train
             key = cfg.eval.best_metric
             if improved:
                 # rank 0's RNG state only: resuming from best.pt under DDP reuses it for every rank
-                atomic_save(checkpoint_payload([capture_rng()]), checkpoint_dir / "best.pt")
+                # run integrity (#15): save_checkpoint_file, so best.pt carries a checksum too
+                save_checkpoint_file(checkpoint_payload([capture_rng()]), checkpoint_dir / "best.pt")
                 tracker.summary({f"eval/best_{key}": evaluator.best, "eval/best_step": progress.step})
             tracker.note(f"eval at step {progress.step}: {key} {scalars[f'eval/{key}']:.4g} "
                          f"(best {evaluator.best:.4g} at step {evaluator.best_step}; {scalars['eval/seconds']:.0f} s)")

@@ -20,8 +20,10 @@ import pytest
 import torch
 
 from conftest import cli, run_train, tiny_overrides
+from ganrun.errors import GanrunError
 from ganrun.files import atomic_save
 from ganrun.loop.checkpoint import (
+    CHECKSUM,
     FORMAT,
     LAST,
     load_checkpoint,
@@ -155,6 +157,101 @@ def test_truncate_metrics_rewrites_atomically(tmp_path, monkeypatch):
         truncate_metrics(path, after_step=2)
     assert path.read_text() == '{"step": 2}\n{"step": 4}\n'  # untouched, not half-rewritten
     assert _temp_files(tmp_path) == []
+
+
+# case 5: silent corruption
+
+
+def test_flipped_bytes_are_caught_and_the_newest_good_step_file_named(checkpoint_folder, capsys):
+    last = checkpoint_folder / LAST
+    assert torch.load(last, weights_only=True)[CHECKSUM]["sha256"]  # the safe unpickler still reads it
+    _flip_tensor_bytes(last)
+    torch.load(last, weights_only=True)  # torch itself does not notice
+    good = checkpoint_folder / step_name(4)
+    with pytest.raises(GanrunError) as caught:
+        load_checkpoint(last)
+    message = str(caught.value)
+    assert f"checkpoint '{last}' is corrupt" in message
+    assert "step_0000006.pt is the same file (last.pt is a hard link to the newest step file)" in message
+    assert f"the newest step file that verifies is {good}" in message and f"resume={good}" in message
+    with pytest.raises(GanrunError, match=r"last\.pt is the same file"):
+        load_checkpoint(checkpoint_folder / step_name(6))
+
+    code, _, err = cli(capsys, "train", f"resume={checkpoint_folder.parent}")
+    assert code == 2
+    line = _one_error_line(err)
+    assert str(last) in line and str(good) in line and "weights_only" not in line
+    load_checkpoint(good)
+
+
+def test_truncated_last_checkpoint_names_the_newest_good_step_file(checkpoint_folder):
+    last = checkpoint_folder / LAST
+    os.truncate(last, last.stat().st_size // 2)  # in place: step_0000006.pt is this very file
+    with pytest.raises(GanrunError) as caught:
+        load_checkpoint(last)
+    message = str(caught.value)
+    assert f"cannot read checkpoint '{last}': it is truncated or corrupt" in message
+    assert "step_0000006.pt is the same file" in message
+    assert f"the newest step file that verifies is {checkpoint_folder / step_name(4)}" in message
+
+
+def test_an_empty_checkpoint_counts_as_truncated(checkpoint_folder):
+    empty = checkpoint_folder / step_name(8)
+    empty.write_bytes(b"")  # what a crash can leave before the data reached the disk
+    with pytest.raises(GanrunError, match=r"truncated or corrupt.*the newest step file that verifies is .*step_0000006\.pt"):
+        load_checkpoint(empty)
+
+
+def test_no_good_step_file_left_says_so(checkpoint_folder):
+    for step in (2, 4):
+        (checkpoint_folder / step_name(step)).unlink()
+    _flip_tensor_bytes(checkpoint_folder / LAST)
+    with pytest.raises(GanrunError, match=rf"no earlier step_\*\.pt in {checkpoint_folder} verifies"):
+        load_checkpoint(checkpoint_folder / LAST)
+
+
+def test_checkpoints_without_a_checksum_still_load(tmp_path):
+    path = write_checkpoint({"format": FORMAT, "weights": torch.randn(10), "progress": {"step": 1}}, tmp_path,
+                            step=1, keep_last=1)
+    payload = torch.load(path, weights_only=True)
+    del payload[CHECKSUM]
+    old = tmp_path / "old.pt"
+    atomic_save(payload, old)  # as ganrun wrote them before checksums
+    assert torch.equal(load_checkpoint(old)["weights"], payload["weights"])
+
+
+def test_checksum_survives_save_and_load_for_every_kind_of_tensor(tmp_path):
+    from ganrun.loop.checkpoint import payload_digest, save_checkpoint_file
+
+    payload = {"format": FORMAT, "bf16": torch.randn(4, 3).bfloat16(), "strided": torch.randn(4, 6)[:, ::2],
+               "int": torch.arange(5), "bool": torch.tensor([True, False]), "scalar": torch.tensor(2.5),
+               "empty": torch.zeros(0, 3), "betas": (0.5, 0.999), "none": None, 3: "int key"}
+    save_checkpoint_file(payload, tmp_path / "best.pt")
+    loaded = load_checkpoint(tmp_path / "best.pt")
+    assert loaded[CHECKSUM]["sha256"] == payload_digest(payload) == payload_digest(loaded)
+
+
+def test_checksum_covers_values_too(tmp_path):
+    path = write_checkpoint({"format": FORMAT, "progress": {"step": 7}, "w": torch.ones(2)}, tmp_path, step=7, keep_last=0)
+    payload = torch.load(path, weights_only=True)
+    payload["progress"]["step"] = 8  # a changed number, not a tensor byte
+    atomic_save(payload, path)
+    with pytest.raises(GanrunError, match="do not match the SHA-256 stored in it"):
+        load_checkpoint(path)
+
+
+class NotAllowed:
+    pass
+
+
+def test_refused_pickles_never_suggest_weights_only_false(tmp_path):
+    path = tmp_path / "foreign.pt"
+    torch.save({"format": FORMAT, "thing": NotAllowed()}, path)
+    with pytest.raises(GanrunError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert "not a ganrun checkpoint" in message and "NotAllowed" in message
+    assert "weights_only" not in message and "\n" not in message
 
 
 # read-only metrics cache
