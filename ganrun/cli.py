@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from ganrun import __version__
 from ganrun.config import register_schemas, validate_train_config
-from ganrun.errors import GanrunError, TrainingDiverged
+from ganrun.errors import GanrunError, OutputWriteError, TrainingDiverged
 
 register_schemas()
 
@@ -58,6 +58,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except TrainingDiverged as error:
+        fail(str(error), code=1)
+    except OutputWriteError as error:  # run integrity (#15): the run stopped, the input was fine
         fail(str(error), code=1)
     except GanrunError as error:
         fail(str(error))

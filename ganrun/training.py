@@ -19,7 +19,7 @@ from torch import nn
 from ganrun import __version__
 from ganrun.config import AlarmSettings
 from ganrun.loop.alarms import Alarms
-from ganrun.loop.checkpoint import (  # run integrity (#15): save_checkpoint_file
+from ganrun.loop.checkpoint import (  # run integrity (#15): save_checkpoint_file, write_errors_as_one_line
     FORMAT,
     capture_rng,
     load_checkpoint,
@@ -27,11 +27,13 @@ from ganrun.loop.checkpoint import (  # run integrity (#15): save_checkpoint_fil
     restore_rng,
     save_checkpoint_file,
     write_checkpoint,
+    write_errors_as_one_line,
 )
 from ganrun.config import TrainConfig, build, choice, to_plain, validate_train_config
 from ganrun.data import ImageData
 from ganrun.loop import distributed
 from ganrun.loop.ema import EMA
+from ganrun.loop.lock import RunLock, describe_sweep, sweep_stale_temp_files  # run integrity (#15)
 from ganrun.errors import GanrunError, TrainingDiverged
 from ganrun.evaluation import TrainingEvaluator
 from ganrun.hardware import choose_device, choose_precision, cpu_supports_bf16, describe, use_channels_last
@@ -212,6 +214,19 @@ def _grid_rows(n: int) -> int:
 
 
 def train(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> TrainResult:
+    # run integrity (#15): rank 0 holds RUN/.lock for the whole run (a second process on this
+    # run dir stops at once, exit 2), sweeps temp files that crashed saves left, and a failed
+    # write into the run (disk full, read-only) becomes one line with the resume command (exit 1).
+    if not distributed.DistributedContext.from_env().is_main:
+        return _train(cfg, run_dir=run_dir, overrides=overrides)
+    with RunLock(run_dir), write_errors_as_one_line(run_dir):
+        removed, freed = sweep_stale_temp_files(run_dir)
+        if removed:
+            print(describe_sweep(run_dir, removed, freed))
+        return _train(cfg, run_dir=run_dir, overrides=overrides)
+
+
+def _train(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> TrainResult:  # run integrity (#15): was `train`
     context = distributed.DistributedContext.from_env()
     checkpoint = None
     if cfg.resume:

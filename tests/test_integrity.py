@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from conftest import cli, run_train, tiny_overrides
-from ganrun.errors import GanrunError
+from ganrun.errors import GanrunError, RunInUse
 from ganrun.files import atomic_save
 from ganrun.loop.checkpoint import (
     CHECKSUM,
@@ -30,6 +30,7 @@ from ganrun.loop.checkpoint import (
     step_name,
     write_checkpoint,
 )
+from ganrun.loop.lock import LOCK_NAME, RunLock, sweep_stale_temp_files
 from ganrun.loop.tracking import truncate_metrics
 
 # helpers
@@ -132,7 +133,133 @@ def _flip_tensor_bytes(path: Path, count: int = 4096) -> None:
         handle.write(bytes(byte ^ 0xFF for byte in original))
 
 
+# case 3: two processes on one run
+
+
+def test_second_process_on_a_run_dir_exits_at_once_naming_the_holder(mnist_root, tmp_path):
+    run_dir = tmp_path / "run"
+    args = _train_cli(mnist_root, run_dir, **{"trainer.max_steps": 100000, "trainer.log_every": 1,
+                                              "trainer.ckpt_every": 2, "trainer.sample_every": 0})
+    first = subprocess.Popen([sys.executable, "-m", "ganrun", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        _wait_for(lambda: (run_dir / LOCK_NAME).is_file() and (run_dir / "checkpoints" / LAST).is_file(), 120)
+        holder = json.loads((run_dir / LOCK_NAME).read_text())
+        assert holder["pid"] == first.pid and holder["host"] == socket.gethostname()
+
+        for second_args in (["train", f"resume={run_dir}"], args):  # a resume, and a fresh run into the same dir
+            started = time.time()
+            second = subprocess.run([sys.executable, "-m", "ganrun", *second_args], capture_output=True, text=True,
+                                    timeout=120)
+            assert second.returncode == 2, second.stderr
+            line = _one_error_line(second.stderr)
+            assert f"run dir {run_dir} is in use by PID {first.pid} on host {socket.gethostname()} (started " in line
+            assert line.endswith("wait for it to end or stop it")
+            assert "starting at step" not in second.stdout and "resuming at step" not in second.stdout
+            assert time.time() - started < 60
+            assert first.poll() is None  # the two really overlapped
+
+        first.send_signal(signal.SIGTERM)  # the first ends the way a user ends a run
+        out, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert first.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in out and "Traceback" not in err
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, len(steps) + 1))  # one writer: every step once, in order
+    assert load_checkpoint(run_dir / "checkpoints" / LAST)["progress"]["step"] == steps[-1]
+
+
+def test_lock_in_one_process_refuses_a_second_holder(tmp_path):
+    with RunLock(tmp_path / "run"):
+        with pytest.raises(RunInUse, match=rf"in use by PID {os.getpid()} on host {socket.gethostname()}"):
+            RunLock(tmp_path / "run").acquire()
+    with RunLock(tmp_path / "run"):  # released on exit
+        pass
+
+
+def test_lock_dies_with_a_killed_holder(tmp_path):
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from ganrun.loop.lock import RunLock; RunLock(sys.argv[1]).acquire(); "
+         "print('locked', flush=True); time.sleep(600)", str(run_dir)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunInUse, match=f"PID {holder.pid} "):
+            RunLock(run_dir).acquire()
+    finally:
+        holder.kill()  # SIGKILL: no handler, no cleanup
+        holder.wait()
+    with RunLock(run_dir):  # the kernel dropped the lock with the process
+        assert json.loads((run_dir / LOCK_NAME).read_text())["pid"] == os.getpid()
+
+
+def test_lock_dies_with_its_holder_even_when_a_forked_child_lives_on(tmp_path):
+    """DataLoader workers are forked: they must not keep the run locked after the trainer dies."""
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import os, sys, time; from ganrun.loop.lock import RunLock; RunLock(sys.argv[1]).acquire(); "
+         "child = os.fork()\nif child == 0: time.sleep(600)\nprint(child, flush=True); time.sleep(600)", str(run_dir)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    child = int(holder.stdout.readline())
+    try:
+        with pytest.raises(RunInUse):
+            RunLock(run_dir).acquire()
+        holder.kill()
+        holder.wait()
+        assert os.path.exists(f"/proc/{child}")  # the forked child lives on
+        with RunLock(run_dir):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_check_free_before_writing_anything(tmp_path):
+    from ganrun.loop.lock import check_free
+
+    run_dir = tmp_path / "run"
+    check_free(run_dir)  # never locked: no lock file, nothing created
+    assert not run_dir.exists()
+    with RunLock(run_dir):
+        record = (run_dir / LOCK_NAME).read_text()
+        with pytest.raises(RunInUse, match=f"PID {os.getpid()} "):
+            check_free(run_dir)
+        assert (run_dir / LOCK_NAME).read_text() == record
+    check_free(run_dir)
+
+
 # case 4: leftovers of a crash mid-save
+
+
+def test_stale_temp_files_are_swept_and_live_ones_kept(mnist_root, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    checkpoints = run_dir / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    dead = _dead_pid()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        (checkpoints / f".step_0000010.pt.tmp-{dead}").write_bytes(b"\0" * 2**20)
+        (checkpoints / f".last.pt.tmp-{os.getpid()}").write_bytes(b"\0" * 1000)  # our PID, from a dead process
+        (run_dir / f".metrics.jsonl.tmp-{dead}").write_text("{}\n")
+        (checkpoints / f".step_0000012.pt.tmp-{live.pid}").write_bytes(b"\0" * 10)  # a live writer's: kept
+        run_train(tiny_overrides(mnist_root, **{"trainer.max_steps": 2}), run_dir)
+        out = capsys.readouterr().out
+        assert f"removed 3 temp files of interrupted saves from {run_dir} (1.0 MiB freed)" in out
+        assert _temp_files(run_dir) == [f".step_0000012.pt.tmp-{live.pid}"]
+    finally:
+        live.kill()
+        live.wait()
+    assert sweep_stale_temp_files(run_dir) == (1, 10)  # its writer is gone now
 
 
 def test_truncate_metrics_rewrites_atomically(tmp_path, monkeypatch):
@@ -252,6 +379,106 @@ def test_refused_pickles_never_suggest_weights_only_false(tmp_path):
     message = str(caught.value)
     assert "not a ganrun checkpoint" in message and "NotAllowed" in message
     assert "weights_only" not in message and "\n" not in message
+
+
+# case 7: faults as one line
+
+
+def _failing_torch_save(monkeypatch, *, succeed: int, error_number: int) -> None:
+    """torch.save that works `succeed` times, then fails the way torch reports a full disk:
+    half a file written, RuntimeError('[enforce fail ...]') with the OSError as its context."""
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def save(payload, handle, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] <= succeed:
+            return real_save(payload, handle, *args, **kwargs)
+        handle.write(b"PK\x03\x04 half a checkpoint")
+        try:
+            raise OSError(error_number, os.strerror(error_number))
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from None
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+@pytest.mark.parametrize("error_number, fix", [(errno.ENOSPC, "free space on that disk"),
+                                               (errno.EROFS, "make {run_dir} writable again")])
+def test_failed_checkpoint_write_is_one_line_with_the_way_back(mnist_root, tmp_path, monkeypatch, capsys,
+                                                               error_number, fix):
+    run_dir = tmp_path / "run"
+    _failing_torch_save(monkeypatch, succeed=1, error_number=error_number)  # step 2 saved, step 4 fails
+    code, _, err = cli(capsys, *_train_cli(mnist_root, run_dir, **{"trainer.max_steps": 6, "trainer.sample_every": 0}))
+    assert code == 1, err
+    line = _one_error_line(err)
+    checkpoints = run_dir / "checkpoints"
+    assert line == (f"error: cannot write {checkpoints / step_name(4)} ({os.strerror(error_number)}); the last good "
+                    f"checkpoint is step 2 ({checkpoints / LAST}); {fix.format(run_dir=run_dir)}, then continue with: "
+                    f"ganrun train resume={run_dir}")
+    assert _temp_files(run_dir) == []
+    assert load_checkpoint(checkpoints / LAST)["progress"]["step"] == 2  # the good one, untouched
+
+
+def test_a_full_disk_before_any_checkpoint_says_start_again(mnist_root, tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    _failing_torch_save(monkeypatch, succeed=0, error_number=errno.ENOSPC)
+    code, _, err = cli(capsys, *_train_cli(mnist_root, run_dir))
+    assert code == 1
+    assert "no checkpoint of this run was saved yet; free space on that disk and start the run again" in _one_error_line(err)
+
+
+def test_a_really_full_disk(mnist_root, tmp_path, capsys):
+    probe = tmp_path / "probe"
+    run_train(tiny_overrides(mnist_root, **{"trainer.max_steps": 2, "trainer.sample_every": 0}), probe)
+    size = (probe / "checkpoints" / LAST).stat().st_size
+    with _tmpfs(tmp_path / "small_disk", f"{int(2.5 * size) // 1024 + 64}k") as disk:  # room for two checkpoints
+        run_dir = disk / "run"
+        code, _, err = cli(capsys, *_train_cli(mnist_root, run_dir, **{"trainer.max_steps": 40, "trainer.keep_last": 5,
+                                                                        "trainer.sample_every": 0}))
+        assert code == 1, err
+        line = _one_error_line(err)
+        assert "(No space left on device); the last good checkpoint is step " in line
+        assert line.endswith(f"free space on that disk, then continue with: ganrun train resume={run_dir}")
+        assert _temp_files(run_dir) == []
+        step = int(line.split("the last good checkpoint is step ")[1].split()[0])
+        assert load_checkpoint(run_dir / "checkpoints" / LAST)["progress"]["step"] == step
+
+
+def test_run_dir_made_read_only_mid_run(mnist_root, tmp_path):
+    run_dir = tmp_path / "run"
+    args = _train_cli(mnist_root, run_dir, **{"trainer.max_steps": 100000, "trainer.log_every": 1,
+                                              "trainer.ckpt_every": 5, "trainer.sample_every": 0})
+    process = subprocess.Popen([sys.executable, "-m", "ganrun", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        _wait_for((run_dir / "checkpoints" / LAST).is_file, 120)
+        with _read_only(run_dir):
+            _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 1, err
+    line = _one_error_line(err)
+    # metrics.jsonl, a checkpoint, or (a write on a file opened before) the run dir as a whole
+    assert line.startswith((f"error: cannot write {run_dir}/", f"error: cannot write to {run_dir} "))
+    assert "(Operation not permitted)" in line or "(Permission denied)" in line
+    assert f"make {run_dir} writable again, then continue with: ganrun train resume={run_dir}" in line
+    step = int(line.split("the last good checkpoint is step ")[1].split()[0])
+    assert load_checkpoint(run_dir / "checkpoints" / LAST)["progress"]["step"] == step >= 5
+    # A write cut off by the change may leave its temp file (a read-only dir cannot lose it either);
+    # its writer is dead, so the next start sweeps it.
+    sweep_stale_temp_files(run_dir)
+    assert _temp_files(run_dir) == []
+
+
+def test_read_errors_outside_the_run_are_not_reported_as_failed_writes(tmp_path):
+    from ganrun.loop.checkpoint import write_errors_as_one_line
+
+    with pytest.raises(PermissionError):
+        with write_errors_as_one_line(tmp_path / "run"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "data" / "train.bin"))
 
 
 # read-only metrics cache

@@ -22,13 +22,14 @@ import random
 import re
 import shutil
 import zipfile
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
 
-from ganrun.errors import GanrunError
+from ganrun.errors import GanrunError, OutputWriteError
 from ganrun.files import atomic_save, fsync_dir
 
 FORMAT = "ganrun-checkpoint/1"
@@ -267,3 +268,73 @@ def _numpy_state_from_plain(state: dict) -> tuple:
     keys = state["keys"].numpy().astype(np.uint32)
     return (state["name"], keys, state["position"], state["has_gauss"], state["cached_gaussian"])
 
+
+# failed writes
+
+# errno -> what the user can do about it. The first four only ever come from writing; the
+# others count only for paths inside the run (a dataset folder's EACCES is not a failed write).
+_WRITE_FIXES = {
+    errno.ENOSPC: "free space on that disk",
+    errno.EDQUOT: "free space or raise your disk quota",
+    errno.EFBIG: "free space on that disk or use a filesystem that takes larger files",
+    errno.EROFS: "make {folder} writable again",
+    errno.EACCES: "make {folder} writable again",
+    errno.EPERM: "make {folder} writable again",
+    errno.EIO: "check that disk",
+}
+_ONLY_INSIDE_THE_RUN = (errno.EACCES, errno.EPERM, errno.EIO)
+
+
+@contextmanager
+def write_errors_as_one_line(run_dir: Path) -> Iterator[None]:
+    """A write into the run that fails (disk full, read-only run dir) becomes one line: the path,
+    the cause, the last good checkpoint and the command that continues from it."""
+    try:
+        yield
+    except OSError as error:
+        message = describe_write_failure(error, Path(run_dir))
+        if message is None:
+            raise
+        raise OutputWriteError(message) from None
+
+
+def describe_write_failure(error: OSError, run_dir: Path) -> Optional[str]:
+    """The one-line message for a failed write into `run_dir`, or None when `error` is not one."""
+    if error.errno not in _WRITE_FIXES:
+        return None
+    path = Path(os.fsdecode(error.filename)) if error.filename is not None else None
+    inside = path is None or _is_inside(path, run_dir)
+    if error.errno in _ONLY_INSIDE_THE_RUN and not inside:
+        return None
+    where = str(path) if path is not None else f"to {run_dir}"
+    cause = error.strerror or os.strerror(error.errno)
+    fix = _WRITE_FIXES[error.errno].format(folder=run_dir if inside else path.parent)
+    good = last_good_checkpoint(run_dir / "checkpoints")
+    if good is None:
+        return f"cannot write {where} ({cause}); no checkpoint of this run was saved yet; {fix} and start the run again"
+    step, good_path = good
+    resume = run_dir if good_path.name == LAST else good_path
+    return (f"cannot write {where} ({cause}); the last good checkpoint is step {step} ({good_path}); "
+            f"{fix}, then continue with: ganrun train resume={resume}")
+
+
+def last_good_checkpoint(checkpoint_dir: Path) -> Optional[tuple[int, Path]]:
+    """(step, path) of the newest checkpoint in the folder that loads and verifies."""
+    if not checkpoint_dir.is_dir():
+        return None
+    for path in [checkpoint_dir / LAST, *reversed(numbered_checkpoints(checkpoint_dir))]:
+        if not path.is_file():
+            continue
+        try:
+            return int(_load_verified(path)["progress"]["step"]), path
+        except (_Damaged, GanrunError, KeyError, TypeError):
+            continue
+    return None
+
+
+def _is_inside(path: Path, folder: Path) -> bool:
+    try:
+        path.absolute().relative_to(folder.absolute())
+        return True
+    except ValueError:
+        return False
