@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 
 from ganrun import __version__
 from ganrun.config import register_schemas
-from ganrun.errors import GanrunError, TrainingDiverged
+from ganrun.errors import GanrunError, OutputWriteError, TrainingDiverged
 
 register_schemas()
 
@@ -62,6 +62,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except TrainingDiverged as error:
+        fail(str(error), code=1)
+    except OutputWriteError as error:  # run integrity (#15): the run stopped, the input was fine
         fail(str(error), code=1)
     except GanrunError as error:
         fail(str(error))
@@ -259,6 +261,7 @@ def preflight_train(args: list[str]) -> list[str]:
         raise GanrunError(_explain_compose_error(error, known_keys)) from None
 
     from ganrun.loop import distributed  # here, not at the top: `ganrun --help` starts without torch
+    from ganrun.loop.lock import check_free  # here too, for the same reason
     from ganrun.loop.setup import validate_run_config  # here too, for the same reason
 
     context = distributed.init_process_group()  # no-op unless under torchrun
@@ -274,12 +277,16 @@ def preflight_train(args: list[str]) -> list[str]:
         check_same_model(checkpoint["config"], run_cfg, checkpoint_path)
         run_dir = run_dir_of(checkpoint_path)
         _check_writable(run_dir)
+        if context.is_main:  # a run in use stops before Hydra writes into it
+            check_free(Path(cfg.hydra.run.dir) if user_set_run_dir else run_dir)
         if not user_set_run_dir:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             extra += [f"hydra.run.dir={_quoted(str(run_dir))}", f"hydra.output_subdir=.hydra/resume-{stamp}"]
     else:
         run_cfg = cfg
         _check_writable(Path(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir))
+        if context.is_main and not multirun:  # before Hydra overwrites .hydra/ of a live run
+            check_free(Path(cfg.hydra.run.dir))
         if not multirun and not user_set_run_dir:
             # Pinned, so the run dir is known before Hydra makes it (RefusedRunCleanup); under
             # torchrun each rank resolved its own ${now:...}, and rank 0's choice wins everywhere.
@@ -408,7 +415,8 @@ class RefusedRunCleanup:
         created = [path for path in after if path not in self.before]
         changed = [path for path, stamp in self.before.items() if stamp is not None and after.get(path) != stamp]
         hydra_dir = self.run_dir / ".hydra"
-        if changed or any(path != hydra_dir and hydra_dir not in path.parents for path in created):
+        ours = {hydra_dir, self.run_dir / ".lock"}  # Hydra's files and the run lock (released by now)
+        if changed or any(path not in ours and hydra_dir not in path.parents for path in created):
             return
         for path in sorted(created, key=lambda path: len(path.parts), reverse=True):  # contents before folders
             path.rmdir() if after[path] is None else path.unlink()

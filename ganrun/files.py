@@ -4,8 +4,11 @@ one, never half of one) and the cache folder for downloads, extracted data and f
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -32,17 +35,19 @@ def fsync_dir(directory: Path) -> None:
 
 def atomic_save(payload: dict, path: Path) -> None:
     """Write to a temp file in the same dir, fsync, then os.replace: a reader (or a kill -9)
-    sees the old file or the new one, never half of one."""
+    sees the old file or the new one, never half of one. A failed write (disk full) raises
+    OSError naming `path` and leaves no temp file; the old file stays as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(temp, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
+        with _naming(path):
+            with open(temp, "wb") as handle:
+                torch.save(payload, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, path)
     finally:
-        temp.unlink(missing_ok=True)
+        _remove_quietly(temp)
     fsync_dir(path.parent)
 
 
@@ -52,11 +57,50 @@ def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(temp, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
+        with _naming(path):
+            with open(temp, "w") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, path)
     finally:
-        temp.unlink(missing_ok=True)
+        _remove_quietly(temp)
     fsync_dir(path.parent)
+
+
+def save_to_cache(payload: dict, path: Path) -> bool:
+    """`atomic_save` into the cache, which is an optimisation: when it cannot be written
+    (read-only, disk full) say so in one line and go on without it. True when saved."""
+    try:
+        atomic_save(payload, path)
+        return True
+    except OSError as error:
+        cause = error.strerror or str(error)
+        print(f"warning: not caching {path} ({cause}); computing without the cache. "
+              "Point GANRUN_CACHE at a writable folder to keep results between runs", file=sys.stderr)
+        return False
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """OSErrors of a write name the file being written, not its temp name. torch.save reports a
+    failed write as RuntimeError('[enforce fail ...] unexpected pos'), the OSError (ENOSPC) only
+    in its context: unwrap it."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error
+    except RuntimeError as error:
+        cause = error.__context__
+        if not isinstance(cause, OSError) or cause.errno is None:
+            raise
+        raise OSError(cause.errno, cause.strerror, str(path)) from error
+
+
+def _remove_quietly(temp: Path) -> None:
+    try:
+        temp.unlink(missing_ok=True)
+    except OSError:  # a read-only dir holds no temp file of ours anyway; the next start sweeps others
+        pass

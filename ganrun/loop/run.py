@@ -15,10 +15,9 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ganrun.files import atomic_save
 from ganrun.hardware import PrecisionPolicy, describe
 from ganrun.loop import distributed
-from ganrun.loop.checkpoint import write_checkpoint
+from ganrun.loop.checkpoint import save_checkpoint_file, write_checkpoint
 from ganrun.loop.monitor import LossMonitor
 from ganrun.loop.signals import StopSignals
 from ganrun.loop.state import RunState
@@ -196,7 +195,7 @@ class Run:
                 key = self.cfg.eval.best_metric
                 if improved:
                     # rank 0's RNG state only: resuming from best.pt under DDP reuses it for every rank
-                    atomic_save(self.state.state_dict(collective=False), self.checkpoint_dir / "best.pt")
+                    save_checkpoint_file(self.state.state_dict(collective=False), self.checkpoint_dir / "best.pt")
                     tracker.summary({f"eval/best_{key}": evaluator.best, "eval/best_step": step})
                 tracker.note(f"eval at step {step}: {key} {scalars[f'eval/{key}']:.4g} "
                              f"(best {evaluator.best:.4g} at step {evaluator.best_step}; {scalars['eval/seconds']:.0f} s)")

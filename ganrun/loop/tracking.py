@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 from rich.console import Console
 
+from ganrun.files import atomic_write_text
 from ganrun.loop.alarms import Alarms
 from ganrun.config import choice
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -224,4 +225,5 @@ def truncate_metrics(path: Path, *, after_step: int) -> None:
                 kept.append(line)
         except json.JSONDecodeError:
             continue  # a half-written last line from a killed run
-    path.write_text("".join(line + "\n" for line in kept))
+    # atomic: a kill or a full disk mid-rewrite must not lose the rows before the checkpoint
+    atomic_write_text(path, "".join(line + "\n" for line in kept))

@@ -20,7 +20,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ganrun.files import atomic_save
+from ganrun.files import save_to_cache
 from ganrun.data.images import ImageData
 from ganrun.errors import GanrunError
 from ganrun import hardware
@@ -177,7 +177,7 @@ def reference_features(extractor: FeatureExtractor, data: ImageData, *, dataset:
             pass
         status = "recomputed"
     features = extractor(data_batches(data, count=count, batch_size=batch_size), total=count, label=f"reference {dataset} {split}")
-    atomic_save({"meta": meta, "features": features}, path)
+    save_to_cache({"meta": meta, "features": features}, path)  # read-only cache: a warning, and on we go
     return features, status
 
 

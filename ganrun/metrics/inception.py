@@ -11,7 +11,10 @@ no Inception Score: its `fc` is NaN so IS can never be computed from it by accid
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
+import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +23,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from ganrun.files import atomic_save
+from ganrun.files import atomic_save, save_to_cache
 from ganrun.errors import GanrunError
 
 if TYPE_CHECKING:
@@ -220,7 +223,7 @@ def find_inception_weights(*, cache_dir: Path, allow_download: bool = True) -> I
     converted_path = Path(cache_dir) / "inception" / CONVERTED_WEIGHTS_NAME
     torchscript_path = fid_helper_torchscript()
     if not converted_path.is_file() and torchscript_path is not None:
-        atomic_save(convert_fid_helper_weights(torchscript_path), converted_path)
+        converted_path = _save_converted(torchscript_path, converted_path)
     if converted_path.is_file():
         return InceptionWeights(
             path=converted_path,
@@ -234,6 +237,27 @@ def find_inception_weights(*, cache_dir: Path, allow_download: bool = True) -> I
         f"or put {standard_path.name} from {TORCH_FIDELITY_WEIGHTS_URL} at {standard_path}, "
         f"or `{FID_HELPER_PIP_INSTALL}` for an offline copy"
     )
+
+
+def _save_converted(torchscript_path: Path, cache_path: Path) -> Path:
+    """Convert once into the cache. A cache that cannot be written gets a warning; torch-fidelity
+    loads weights from a file, so this process then keeps its own copy in the temp folder and
+    removes it when it exits."""
+    own_copy = Path(tempfile.gettempdir()) / f"ganrun-{os.getpid()}-{CONVERTED_WEIGHTS_NAME}"
+    if own_copy.is_file():  # made by an earlier call of this process
+        return own_copy
+    converted = convert_fid_helper_weights(torchscript_path)
+    if save_to_cache(converted, cache_path):
+        return cache_path
+    try:
+        atomic_save(converted, own_copy)
+    except OSError as error:
+        raise GanrunError(
+            f"cannot write the converted Inception weights to {cache_path} nor to {own_copy} "
+            f"({error.strerror or error}); set GANRUN_CACHE to a writable folder"
+        ) from None
+    atexit.register(own_copy.unlink, missing_ok=True)
+    return own_copy
 
 
 def try_download(url: str, destination: Path) -> bool:
