@@ -1,0 +1,75 @@
+"""Messages that state what is true and the fix that applies (#14 case 8), and side work that
+never costs a run (#14 case 5: a failing evaluation is reported, training goes on)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import run_train, tiny_overrides
+
+from ganrun.errors import TrainingDiverged
+from ganrun.loop.checkpoint import LAST, load_checkpoint
+from ganrun.loop.monitor import LossMonitor
+
+
+def _poison_g_loss(monkeypatch, *, from_call: int) -> None:
+    from ganrun import losses
+
+    original = losses.NonSaturatingLoss.g_loss
+    calls = {"n": 0}
+
+    def poisoned(self, D, fake, **options):
+        calls["n"] += 1
+        terms = original(self, D, fake, **options)
+        if calls["n"] >= from_call:
+            terms["adv"] = terms["adv"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(losses.NonSaturatingLoss, "g_loss", poisoned)
+
+
+def test_divergence_before_the_first_checkpoint_says_there_is_none(mnist_root, tmp_path, monkeypatch):
+    _poison_g_loss(monkeypatch, from_call=1)
+    settings = {"trainer.max_steps": 6, "trainer.log_every": 2, "trainer.ckpt_every": 4, "trainer.precision": "fp32"}
+    with pytest.raises(TrainingDiverged) as error:
+        run_train(tiny_overrides(mnist_root, **settings), tmp_path / "run")
+    message = str(error.value)
+    assert message == "loss/G/adv became non-finite at step 1; training stopped, no checkpoint was written yet. Lower optim.lr"
+    assert not (tmp_path / "run" / "checkpoints" / LAST).exists()
+
+
+def test_divergence_after_a_checkpoint_names_its_step(mnist_root, tmp_path, monkeypatch):
+    _poison_g_loss(monkeypatch, from_call=3)
+    settings = {"trainer.max_steps": 6, "trainer.log_every": 10, "trainer.ckpt_every": 2, "trainer.precision": "fp32"}
+    with pytest.raises(TrainingDiverged, match=r"at step 3; training stopped, the checkpoint of step 2 is kept\. Lower optim\.lr$"):
+        run_train(tiny_overrides(mnist_root, **settings), tmp_path / "run")
+
+
+def test_fp32_advice_only_for_runs_that_were_not_fp32():
+    for precision, advice in (("bf16", True), ("fp16", True), ("fp32", False)):
+        monitor = LossMonitor(precision=precision)
+        monitor.add(1, {"G/adv": torch.tensor(float("inf"))})
+        with pytest.raises(TrainingDiverged) as error:
+            monitor.raise_if_nonfinite(last_checkpoint_step=None)
+        assert ("try trainer.precision=fp32" in str(error.value)) is advice
+        if advice:
+            assert f"(this run used {precision})" in str(error.value)
+
+
+def test_a_failing_evaluation_is_reported_and_training_goes_on(mnist_root, tmp_path, monkeypatch, capsys):
+    from ganrun.tasks import generation
+
+    def broken(self, recipe, G, *, step):
+        raise OSError("image file is truncated (6 bytes not processed)")
+
+    monkeypatch.setattr(generation.FIDEvaluator, "measure", broken)
+    run_dir = tmp_path / "run"
+    result = run_train(tiny_overrides(mnist_root, **{"trainer.max_steps": 4, "eval.every": 2, "eval.num_samples": 8}), run_dir)
+    assert result.step == 4
+    assert load_checkpoint(run_dir / "checkpoints" / LAST)["progress"]["step"] == 4
+    out = capsys.readouterr().out
+    assert "eval at step 2 failed (image file is truncated (6 bytes not processed)); training goes on" in out
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows if row.get("eval/failed") == 1.0] == [2, 4]
