@@ -9,6 +9,13 @@ BCELoss, separate real/fake backward passes, D's weight gradients computed in th
 fp32, NCHW, eager. ganrun's step is what its loop runs per step with default settings
 (recipe.train_step + EMA update + loss monitor). Rounds alternate between the two so that
 noise from other processes hits both alike; the median round is reported.
+
+Roofline: the same process measures the CPU's fp32 matmul peak (a 2048x2048 matmul, the best of
+several, on the threads torch uses) and counts each contender's FLOPs per step with
+`torch.utils.flop_counter.FlopCounterMode` (matmuls and convolutions, forward and backward), so
+"fraction of peak" = FLOPs per step x steps per second / peak. The same for Inception-v3 feature
+extraction (FID's cost per image), in fp32. The CPU model and its SIMD flags head the output:
+figures from one CPU kind are not figures for another.
 """
 
 from __future__ import annotations
@@ -144,6 +151,67 @@ def time_steps(step, count: int, batch_size: int) -> float:
     return count * batch_size / (time.perf_counter() - start)
 
 
+# roofline
+
+
+def cpu_description() -> str:
+    """The CPU model and the flags that decide which kernels run (AVX2, AVX-512, bf16, AMX)."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "unknown CPU":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    shown = sorted(flag for flag in flags if flag.startswith(("avx", "amx", "fma")))
+    return f"{model}; flags: {' '.join(shown) or 'none found'}; torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+
+
+def fp32_matmul_peak(size: int = 2048, repeats: int = 8) -> float:
+    """The best fp32 GFLOP/s of a size x size matmul on this process's threads (2 n^3 FLOPs each)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)  # warm-up
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def flops_of(function) -> int:
+    """FLOPs of one call, as torch's FlopCounterMode counts them (matmul/conv, forward + backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        function()
+    return counter.get_total_flops()
+
+
+def bench_inception(batch_size: int = 50, batches: int = 3) -> tuple[float, float] | None:
+    """(img/s, FLOPs per image) of FID's Inception-v3 features in fp32, or None without weights."""
+    from ganrun.errors import GanrunError
+    from ganrun.files import cache_dir
+    from ganrun.metrics.fidelity import FeatureExtractor
+
+    try:
+        extractor = FeatureExtractor(metrics=["fid"], cache_dir=cache_dir(), allow_download=False,
+                                     device=torch.device("cpu"), precision="fp32")
+    except GanrunError as error:
+        print(f"Inception: skipped ({error})")
+        return None
+    images = torch.randint(0, 256, (batch_size, 3, 64, 64), dtype=torch.uint8)
+    run = lambda count: extractor((images for _ in range(count)), total=count * batch_size, label="inception")  # noqa: E731
+    run(1)  # warm-up
+    flops = flops_of(lambda: run(1)) / batch_size
+    start = time.perf_counter()
+    run(batches)
+    return batches * batch_size / (time.perf_counter() - start), flops
+
+
 # input pipeline
 
 
@@ -171,7 +239,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time trainer.compile=true (compiles for a minute or more)")
     args = parser.parse_args()
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; CPU: {cpu_description()}")
+    peak = fp32_matmul_peak()
+    print(f"fp32 matmul peak (2048x2048, best of 8): {peak:.1f} GFLOP/s")
     images = torch.randint(0, 256, (1024, 3, 64, 64), dtype=torch.uint8)
     steps = {"textbook": make_textbook_step(images, args.batch_size)}
     steps["ganrun"], settings = make_ganrun_step(images, args.batch_size, precision=args.precision)
@@ -199,6 +269,19 @@ def main() -> None:
         ratios = [g / t for g, t in zip(rates[name], rates["textbook"])]
         print(f"  {labels[name]}: {medians[name]:8.1f} img/s, ratio {medians[name] / medians['textbook']:.2f}x "
               f"(per-round ratios {min(ratios):.2f}-{max(ratios):.2f})")
+    print()
+    print(f"fraction of the fp32 matmul peak ({peak:.1f} GFLOP/s), FLOPs counted by FlopCounterMode:")
+    for name, step in steps.items():
+        flops = flops_of(step)
+        achieved = flops * medians[name] / args.batch_size / 1e9
+        label = "textbook (fp32)" if name == "textbook" else labels[name]
+        print(f"  {label}: {flops / 1e9:.2f} GFLOP per step, {achieved:.1f} GFLOP/s = {achieved / peak:.0%} of peak")
+    inception = bench_inception()
+    if inception is not None:
+        rate, flops = inception
+        achieved = rate * flops / 1e9
+        print(f"  Inception-v3 features (FID), fp32, batch 50: {rate:.1f} img/s, {flops / 1e9:.2f} GFLOP per image, "
+              f"{achieved:.1f} GFLOP/s = {achieved / peak:.0%} of peak; 10,000 images in {10_000 / rate / 60:.1f} min")
     source, pipeline_rate = bench_input_pipeline(args.batch_size)
     print(f"MNIST input pipeline (in-memory uint8, batch {args.batch_size}): {pipeline_rate:,.0f} img/s  [{source}]")
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
