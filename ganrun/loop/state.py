@@ -94,9 +94,11 @@ class RunState:
         }
 
     def load_state_dict(self, payload: dict, *, source: str = "the checkpoint") -> None:
-        """Restore from a checkpoint payload (the config and grid stay those built for this run)."""
+        """Restore from a checkpoint payload. What the config sets stays as built for this run
+        (the config, the grid, loss, EMA and alarm settings, the optimizers' hyperparameters:
+        `Recipe.load_state_dict`); what training accumulated comes from the checkpoint."""
         try:
-            self.recipe.load_state_dict(payload["recipe"])
+            self.recipe.load_state_dict(payload["recipe"], step=int(payload["progress"]["step"]))
             self.ema.load_state_dict(payload["G_ema"])
         except (RuntimeError, KeyError) as error:
             raise GanrunError(
@@ -104,7 +106,9 @@ class RunState:
                 "resume with the model config it was trained with"
             ) from None
         for name, scaler in self.scalers.items():
-            scaler.load_state_dict(payload["scalers"].get(name, {}))
+            saved = payload["scalers"].get(name) or {}
+            if saved:  # empty: saved by a precision without loss scaling; a scaler this one needs starts fresh
+                scaler.load_state_dict(saved)
         self.progress.load_state_dict(payload["progress"])
         self.batches.load_state_dict(payload["data"])
         self.rng.load_state_dict(payload["rng"])

@@ -162,13 +162,34 @@ class Recipe:
             "schedulers": {name: sched.state_dict() for name, sched in self.schedulers.items()},
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, *, step: int = 0) -> None:
+        """Networks, optimizer state and LR schedules from a checkpoint, under this recipe's own
+        config: what it sets (lr, betas, eps, weight_decay, ...) wins over the values saved in
+        the optimizers' parameter groups, while their state (Adam's moments) is kept, so
+        `resume=RUN optim.lr=1e-3` trains on at 1e-3. Learning rates go through the LR schedule:
+        the configured rate becomes its base rate and the schedule's current factor applies
+        (`rebase_schedule`); a schedule the checkpoint did not have (decay none -> linear) begins
+        at `step`, the checkpoint's step (`start_schedule`)."""
         for name, network in self.networks.items():
             network.load_state_dict(state["networks"][name])
+        saved_schedules = state.get("schedulers", {})
         for name, optimizer in self.optimizers.items():
+            configured = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
             optimizer.load_state_dict(state["optimizers"][name])
-        for name, scheduler in self.schedulers.items():
-            continue_schedule(scheduler, state["schedulers"][name])
+            for group, values in zip(optimizer.param_groups, configured):
+                for key, value in values.items():
+                    if key not in ("lr", "initial_lr") and _differs(group.get(key), value):
+                        group[key] = value
+            base_lrs = [values.get("initial_lr", values["lr"]) for values in configured]
+            scheduler = self.schedulers.get(name)
+            if scheduler is None:  # a constant rate: the configured one (also after a decay was switched off)
+                for group, base_lr in zip(optimizer.param_groups, base_lrs):
+                    group["lr"] = base_lr
+            elif name in saved_schedules:
+                continue_schedule(scheduler, saved_schedules[name])
+                rebase_schedule(scheduler, base_lrs)
+            else:
+                start_schedule(scheduler, step=step, base_lrs=base_lrs)
 
     # the family's side
 
@@ -258,6 +279,42 @@ def continue_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, state: di
             schedule.continue_from(step=steps, factor=float(group["lr"]) / base_lr if base_lr else 0.0)
         group["lr"] = scheduler.base_lrs[index] * schedule(steps)
         scheduler._last_lr[index] = group["lr"]
+
+
+def rebase_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, base_lrs: list[float]) -> None:
+    """Give a loaded schedule the configured base rates (a resume with another optim.lr): the
+    rate for the next step is the new base times the schedule's current factor. Same bases as
+    saved: nothing changes, so a plain resume stays bit-identical."""
+    for index, (group, base_lr) in enumerate(zip(scheduler.optimizer.param_groups, base_lrs)):
+        old = scheduler.base_lrs[index]
+        if not _differs(old, base_lr):
+            continue
+        scheduler.base_lrs[index] = group["initial_lr"] = base_lr
+        if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            group["lr"] = base_lr * scheduler.lr_lambdas[index](scheduler.last_epoch)
+        else:
+            group["lr"] = group["lr"] * base_lr / old if old else base_lr
+        scheduler._last_lr[index] = group["lr"]
+
+
+def start_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, *, step: int, base_lrs: list[float]) -> None:
+    """A schedule the checkpoint did not have (`resume=RUN optim.decay=linear`), begun at `step`
+    from the configured rates as they were (constant until then): `continue_schedule` as for a
+    checkpoint whose state holds no schedule, so the decay applies as it is if it has not begun
+    by `step`, and otherwise runs from the full rate at `step` straight to 0 at its end."""
+    for group, base_lr in zip(scheduler.optimizer.param_groups, base_lrs):
+        group["lr"] = group["initial_lr"] = base_lr
+    lambdas = getattr(scheduler, "lr_lambdas", [])
+    state = {**scheduler.state_dict(), "base_lrs": list(base_lrs), "_last_lr": list(base_lrs), "last_epoch": step,
+             "_step_count": step + 1, "lr_lambdas": [None] * len(lambdas)}
+    continue_schedule(scheduler, state)
+
+
+def _differs(a: Any, b: Any) -> bool:
+    """Hyperparameter values compared as values: betas saved as a tuple equal the config's list."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return tuple(a) != tuple(b)
+    return a != b
 
 
 def linear_decay_schedulers(
