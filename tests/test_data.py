@@ -1,4 +1,4 @@
-"""ganrun/data.py: every loader on tiny generated files, the IDX reader, the shuffling promise
+"""ganrun/data/images.py: every loader on tiny generated files, the IDX reader, the shuffling promise
 (same order as DistributedSampler) and the resumable batch stream."""
 
 from __future__ import annotations
