@@ -18,7 +18,7 @@ from torch import nn
 from ganrun.config import AlarmSettings, TrainConfig, build, choice, to_plain, validate_train_config
 from ganrun.data import ImageData
 from ganrun.errors import GanrunError
-from ganrun.hardware import choose_device, choose_precision, cpu_supports_bf16, use_channels_last
+from ganrun.hardware import PrecisionPolicy, choose_device, choose_precision, cpu_supports_bf16, use_channels_last
 from ganrun.loop import distributed
 from ganrun.loop.alarms import Alarms
 from ganrun.loop.checkpoint import load_checkpoint, resolve_checkpoint_path
@@ -429,6 +429,32 @@ def _optimizer_state_keys(node: dict) -> Optional[frozenset[str]]:
     return frozenset(optimizer.state[parameter])
 
 
+def _hardware(trainer: DictConfig, context: distributed.DistributedContext) -> tuple[torch.device, PrecisionPolicy]:
+    """The device this rank trains on and the precision policy for it (trainer.device/precision)."""
+    if trainer.batch_size % context.world_size:
+        raise GanrunError(
+            f"trainer.batch_size={trainer.batch_size} does not split over {context.world_size} ranks; "
+            f"use a multiple of {context.world_size}"
+        )
+    device = choose_device(choice(trainer.device), cuda_available=torch.cuda.is_available(), local_rank=context.local_rank)
+    precision = choose_precision(
+        choice(trainer.precision),
+        device_type=device.type,
+        cuda_capability=torch.cuda.get_device_capability(device) if device.type == "cuda" else None,
+        cpu_bf16=cpu_supports_bf16(),
+    )
+    return device, precision
+
+
+def _grid(recipe: Recipe, data: ImageData, *, size: int, seed: int) -> dict[str, torch.Tensor]:
+    """The fixed inputs of every sample grid: latents from `seed`, and for recipes with an encoder
+    the dataset's first `size` images as the originals."""
+    generator = torch.Generator().manual_seed(seed)
+    if recipe.grid_shows_reconstructions:
+        return recipe.grid_inputs(size, generator=generator, real=data.first_images(size))
+    return recipe.grid_inputs(size, generator=generator)
+
+
 # setup
 
 
@@ -445,18 +471,7 @@ def build_run(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> R
         changes = changed_settings(checkpoint["config"], cfg)
     validate_run_config(cfg)
     trainer = cfg.trainer
-    if trainer.batch_size % context.world_size:
-        raise GanrunError(
-            f"trainer.batch_size={trainer.batch_size} does not split over {context.world_size} ranks; "
-            f"use a multiple of {context.world_size}"
-        )
-    device = choose_device(choice(trainer.device), cuda_available=torch.cuda.is_available(), local_rank=context.local_rank)
-    precision = choose_precision(
-        choice(trainer.precision),
-        device_type=device.type,
-        cuda_capability=torch.cuda.get_device_capability(device) if device.type == "cuda" else None,
-        cpu_bf16=cpu_supports_bf16(),
-    )
+    device, precision = _hardware(trainer, context)
     seed_everything(trainer.seed)
 
     task = task_of(cfg)
@@ -480,11 +495,6 @@ def build_run(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> R
         world_size=context.world_size,
         num_workers=trainer.num_workers,
     )
-    grid_generator = torch.Generator().manual_seed(trainer.seed)
-    if recipe.grid_shows_reconstructions:  # fixed originals: the dataset's first grid_size images
-        grid = recipe.grid_inputs(trainer.grid_size, generator=grid_generator, real=data.first_images(trainer.grid_size))
-    else:
-        grid = recipe.grid_inputs(trainer.grid_size, generator=grid_generator)
     plain_config = to_plain(cfg)
     evaluator: Any = None
     if cfg.eval.every and context.is_main:
@@ -496,7 +506,7 @@ def build_run(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> R
         scalers={name: torch.amp.GradScaler(device.type, enabled=precision.grad_scaler) for name in recipe.optimizers},
         progress=Progress(),
         batches=batches,
-        grid=grid,
+        grid=_grid(recipe, data, size=trainer.grid_size, seed=trainer.seed),
         alarms=Alarms(settings=AlarmSettings(**OmegaConf.to_container(trainer.alarms))),
         evaluator=evaluator,
         rng=RandomStates(rank=context.rank),
