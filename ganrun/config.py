@@ -80,6 +80,12 @@ class EMAConfig:
 @dataclass
 class TrainerConfig:
     max_steps: int = 3000
+    # Wall-clock budget of this session: "HH:MM:SS", "MM:SS" or seconds (a number); null = none.
+    # Training stops at the first step boundary after it (checkpoint, grid, how to continue);
+    # side work (grids, eval, checkpoints) counts. The LR decay still ends at optim.total_steps
+    # (= max_steps), so a run stopped by its budget stops early on that schedule. On resume the
+    # budget applies to the resumed session. Parsed by `parse_duration`.
+    max_time: Optional[str] = None
     batch_size: int = 64  # global: split evenly over DDP ranks
     seed: int = 0
     device: Device = Device.auto
@@ -92,6 +98,9 @@ class TrainerConfig:
     keep_last: int = 3
     grid_size: int = 64
     num_workers: int = 2  # only for datasets streamed from disk
+    # CPU threads for torch's math; null = auto: on CPU the cores not busy with other processes
+    # (1-min load average; ganrun.hardware.choose_threads), on GPU torch's default.
+    num_threads: Optional[int] = None
     # D steps per G step; null = the loss's own (5 for wgan/wgan_gp, else 1). max_steps counts G steps.
     n_critic: Optional[int] = None
     ema: EMAConfig = field(default_factory=EMAConfig)
@@ -268,11 +277,46 @@ def _require(condition: bool, message: str) -> None:
         raise GanrunError(message)
 
 
+def parse_duration(value: Any, *, key: str = "trainer.max_time") -> Optional[float]:
+    """A wall-clock budget in seconds from "HH:MM:SS", "MM:SS" or seconds ("90", 90, 2.5);
+    None for null. Raises GanrunError naming `key` and the accepted forms."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    fix = f"{key} must be HH:MM:SS, MM:SS or seconds, e.g. {key}=00:10:00 or {key}=600 (null = no budget)"
+    parts = text.split(":")
+    seconds: Optional[float] = None
+    if 1 <= len(parts) <= 3 and all(parts):
+        try:
+            numbers = [float(part) for part in parts]
+        except ValueError:
+            numbers = []
+        fields_ok = numbers and all(math.isfinite(n) and n >= 0 for n in numbers)
+        # in H:M:S and M:S every field but the first is below 60, and only the last has a fraction
+        if fields_ok and all(n < 60 for n in numbers[1:]) and all(n == int(n) for n in numbers[:-1]):
+            seconds = sum(n * 60**power for power, n in enumerate(reversed(numbers)))
+    if seconds is None:
+        raise GanrunError(f"{fix}; got {text!r}")
+    if seconds <= 0:
+        raise GanrunError(f"{key} must be more than 0 seconds, got {text!r}; e.g. {key}=00:10:00, or null for no budget")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as H:MM:SS (what trainer.max_time accepts back)."""
+    whole = int(round(seconds))
+    return f"{whole // 3600:02d}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
 def validate_train_config(cfg: DictConfig) -> None:
     """Reject values that would only fail deep inside training, with the key and the fix."""
     trainer = cfg.trainer
     _require(trainer.batch_size >= 1, f"trainer.batch_size must be >= 1, got {trainer.batch_size}")
     _require(trainer.max_steps >= 1, f"trainer.max_steps must be >= 1, got {trainer.max_steps}")
+    parse_duration(trainer.get("max_time"))
+    threads = trainer.get("num_threads")
+    _require(threads is None or threads >= 1,
+             f"trainer.num_threads must be >= 1 (or null for auto), got {threads}")
     for key in ("log_every", "ckpt_every"):
         value = trainer[key]
         _require(value >= 1, f"trainer.{key} must be >= 1, got {value}")

@@ -1,9 +1,13 @@
-"""Device, precision, memory-format and compile decisions: pure functions, testable on CPU."""
+"""Device, precision, memory-format, thread and compile decisions: pure functions, testable on CPU."""
 
 from __future__ import annotations
 
+import math
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
@@ -76,7 +80,99 @@ def use_channels_last(enabled: bool, *networks: nn.Module) -> bool:
     )
 
 
-def describe(device: torch.device) -> str:
+# threads
+
+BUSY_CORES_WORTH_SAYING = 0.5  # other processes' load from which the start line mentions it
+# torch's own choice before we change it: the physical cores, or OMP_NUM_THREADS when set. Auto
+# never goes above it (hyperthreads slow GEMMs down; an OMP_NUM_THREADS is the user's ceiling).
+TORCH_DEFAULT_THREADS = torch.get_num_threads()
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """How many CPU threads torch computes with, and why (for the start line)."""
+
+    threads: int
+    cpus: int  # CPUs this process may run on
+    busy: float  # cores busy with other processes (1-min load average less our own share), >= 0
+    requested: Optional[int] = None  # trainer.num_threads, None = auto
+
+
+def choose_threads(requested: Optional[int], *, cpus: int, load: float, own_load: float = 0.0,
+                   ranks: int = 1) -> ThreadChoice:
+    """`requested` threads if set; auto (None): the cores not busy with other processes, shared
+    among the `ranks` processes of this machine, at least 1.
+
+    `load` is the 1-minute load average (runnable threads, os.getloadavg), `own_load` the part of
+    it that is this process's own (a sweep's earlier job; `own_recent_load`). Under contention
+    fewer threads win: OpenMP threads that outnumber the free cores wait on each other at every
+    parallel region (DCGAN on MNIST on a 2-core machine at load 4-8: 2 threads 29-127 img/s
+    spinning and 158-443 with OMP_WAIT_POLICY=PASSIVE, which ganrun sets; 1 thread 85-476).
+    """
+    busy = max(0.0, load - own_load)
+    if requested is not None:
+        return ThreadChoice(threads=requested, cpus=cpus, busy=busy, requested=requested)
+    free = math.floor(cpus - busy + 0.5)  # 2 cores with 1.9 busy: 0 free -> 1; with 0.4 busy: 2
+    return ThreadChoice(threads=max(1, free // max(1, ranks)), cpus=cpus, busy=busy)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: containers and taskset limit it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def load_average() -> float:
+    """The 1-minute load average, 0.0 where the system has none (Windows)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def own_recent_load(stat: Path = Path("/proc/self/stat"), uptime: Path = Path("/proc/uptime")) -> float:
+    """This process's share of the 1-minute load average, roughly: its mean CPU use since it
+    started, weighted as the kernel's exponential average weights that span. Matters in sweeps
+    (`-m`), where the previous job of this same process kept the cores busy. 0.0 off Linux."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # starttime, seconds after boot
+        alive = float(uptime.read_text().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    if alive <= 0:
+        return 0.0
+    usage = time.process_time() / alive  # cores used on average since the start
+    return usage * (1.0 - math.exp(-alive / 60.0))
+
+
+def set_threads(requested: Optional[int], *, device: torch.device, ranks: int = 1) -> ThreadChoice:
+    """Apply trainer.num_threads: on CPU the requested count or the auto choice; on GPU only a
+    requested count (torch's default otherwise)."""
+    if device.type != "cpu" and requested is None:
+        threads = torch.get_num_threads()
+        return ThreadChoice(threads=threads, cpus=available_cpus(), busy=0.0, requested=threads)
+    cpus = min(available_cpus(), TORCH_DEFAULT_THREADS)
+    choice = choose_threads(requested, cpus=cpus, load=load_average(), own_load=own_recent_load(), ranks=ranks)
+    torch.set_num_threads(choice.threads)
+    return choice
+
+
+def describe(device: torch.device, threads: Optional[ThreadChoice] = None) -> str:
+    """The device for the start line: `cpu (2 threads)`, or when other processes keep cores busy
+    `cpu (1 of 2 threads: 1.9 cores busy with other processes)`."""
     if device.type == "cuda":
         return f"cuda:{device.index} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
+    if threads is None:
+        return f"cpu ({torch.get_num_threads()} threads)"
+    count = "1 thread" if threads.threads == 1 else f"{threads.threads} threads"
+    if threads.requested is not None:
+        count += " (trainer.num_threads)"
+    if threads.busy < BUSY_CORES_WORTH_SAYING:
+        return f"cpu ({count})"
+    busy = f"{threads.busy:.1f} cores busy with other processes"
+    if threads.requested is None and threads.threads < threads.cpus:
+        return f"cpu ({threads.threads} of {threads.cpus} threads: {busy})"
+    return f"cpu ({count}; {busy}: trainer.num_threads=null picks fewer)" if threads.requested else f"cpu ({count}; {busy})"

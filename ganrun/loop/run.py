@@ -6,6 +6,7 @@ task's) it trains. `ganrun.loop.setup.build_run` builds a `Run`; `Run.train()` r
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -15,7 +16,9 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ganrun.hardware import PrecisionPolicy, describe
+from ganrun.config import format_duration, parse_duration
+from ganrun.errors import GanrunError
+from ganrun.hardware import PrecisionPolicy, describe, set_threads
 from ganrun.loop import distributed
 from ganrun.loop.checkpoint import save_checkpoint_file, write_checkpoint
 from ganrun.loop.monitor import LossMonitor
@@ -32,10 +35,42 @@ class TrainResult:
     run_dir: Path
     step: int
     stopped_by_signal: Optional[int] = None
+    stopped_by_time: bool = False  # trainer.max_time ran out before max_steps
 
 
 def _grid_rows(n: int) -> int:
     return max(1, int(math.sqrt(n)))
+
+
+def budget_reach(*, start_step: int, step: int, elapsed: float, budget: float) -> int:
+    """The step a session that began at `start_step` and reached `step` after `elapsed` seconds
+    will likely reach in `budget` seconds, at the same rate (side work included)."""
+    if elapsed <= 0 or step <= start_step:
+        return start_step
+    return start_step + int((step - start_step) / elapsed * budget)
+
+
+def end_summary(*, step: int, max_steps: int, images_seen: int, wall_seconds: float, run_dir: Path,
+                latest: dict[str, float], best: Optional[tuple[str, float, int]], last_checkpoint: Optional[Path],
+                last_grid: Optional[Path], sync_hint: Optional[str]) -> list[str]:
+    """The lines that end a run: where it stopped, final losses, best metric, where the files are,
+    and (offline W&B) how to upload. `best`: (metric, value, step) when eval ran."""
+    lines = [f"done: step {step:,} of {max_steps:,}, {images_seen:,} images, {format_duration(wall_seconds)} wall clock"]
+    losses = {key.removeprefix("loss/"): value for key, value in latest.items() if key.startswith("loss/")}
+    if losses:
+        lines.append("final losses (mean of the last log window): "
+                     + "  ".join(f"{key} {value:.4g}" for key, value in losses.items()))
+    if best is not None:
+        metric, value, best_step = best
+        lines.append(f"best {metric}: {value:.4g} at step {best_step:,} ({run_dir / 'checkpoints' / 'best.pt'})")
+    lines.append(f"run dir: {run_dir}")
+    if last_checkpoint is not None:
+        lines.append(f"  last checkpoint: {last_checkpoint}")
+    if last_grid is not None:
+        lines.append(f"  last grid:       {last_grid}")
+    if sync_hint:
+        lines.append(sync_hint)
+    return lines
 
 
 # the loop
@@ -59,16 +94,35 @@ class Run:
         self.last_saved_step: Optional[int] = state.progress.step if resumed else None
 
     def train(self) -> TrainResult:
-        self.tracker = self._start_tracker() if self.context.is_main else None
+        """Train until trainer.max_steps, trainer.max_time or a stop signal, whichever comes first.
+
+        trainer.max_time is a wall-clock budget for this session (a resumed run gets it afresh
+        from its own start): side work (grids, eval, checkpoints) counts. The run stops at the
+        first step boundary after it, with a checkpoint and a grid, and says how to continue.
+        Schedules are not stretched to the budget: the LR decay still ends at optim.total_steps
+        (= max_steps by default), so a budgeted run stops early on that schedule; the EMA ramp
+        counts images and is the same either way. The step the budget will likely reach is
+        printed once the first log window is measured.
+        """
+        self.session_start = time.monotonic()
+        self.budget = parse_duration(self.trainer.get("max_time"))  # seconds or None
+        self.deadline = None if self.budget is None else self.session_start + self.budget
+        self.stopped_by_time, self.budget_announced = False, False
+        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # torchrun's processes on this machine
+        threads_before = torch.get_num_threads()  # given back at the end (a sweep's next job chooses afresh)
+        self.threads = set_threads(self.trainer.get("num_threads"), device=self.device, ranks=ranks_here)
         stopped_by: Optional[int] = None
         exit_code = 1
         try:
+            self.tracker = self._start_tracker() if self.context.is_main else None
             with StopSignals() as signals:
+                self._first_grids()
                 stopped_by = self._loop(signals)
                 if stopped_by is not None:
                     self.save_checkpoint()
             exit_code = 0
         finally:
+            torch.set_num_threads(threads_before)
             if self.tracker is not None:
                 self.tracker.finish(exit_code=exit_code)
         if self.tracker is not None:
@@ -76,11 +130,18 @@ class Run:
                 name = signal.Signals(stopped_by).name
                 self.tracker.note(f"stopped by {name} at step {self.progress.step}; checkpoint saved. "
                                   f"Continue with: ganrun train resume={self.run_dir}")
-            self.tracker.note(f"done: step {self.progress.step}, {self.progress.images_seen:,} images; run dir: {self.run_dir}")
-        return TrainResult(run_dir=self.run_dir, step=self.progress.step, stopped_by_signal=stopped_by)
+            elif self.stopped_by_time:
+                self.tracker.note(self._time_stop_message())
+            for line in self._end_summary():
+                self.tracker.note(line)
+        return TrainResult(run_dir=self.run_dir, step=self.progress.step, stopped_by_signal=stopped_by,
+                           stopped_by_time=self.stopped_by_time)
 
     def _loop(self, signals: StopSignals) -> Optional[int]:
-        """Steps until max_steps or a stop signal (returned); side work at its intervals."""
+        """Steps until max_steps, the time budget (sets `stopped_by_time`) or a stop signal
+        (returned); side work at its intervals, and at the last step a log, a grid and a
+        checkpoint. A time stop starts no evaluation (FID can take minutes): eval keeps its own
+        interval and runs at max_steps."""
         trainer, progress, recipe = self.trainer, self.progress, self.recipe
         window_start, window_images, side_time = time.perf_counter(), 0, 0.0
         while progress.step < trainer.max_steps:
@@ -100,22 +161,82 @@ class Run:
             window_images += step_images
             self.state.ema.update(recipe.generator, images_seen=progress.images_seen, batch_size=step_images)
             self.monitor.add(progress.step, terms)
-            last_step = progress.step == trainer.max_steps
+            at_max_steps = progress.step == trainer.max_steps
+            out_of_time = not at_max_steps and self._out_of_time()
+            last_step = at_max_steps or out_of_time
             if progress.step % trainer.log_every == 0 or last_step:
                 self.log_window(window_images, time.perf_counter() - window_start - side_time)
                 window_start, window_images, side_time = time.perf_counter(), 0, 0.0
+                self._update_budget_estimate()
             side_start = time.perf_counter()
             if trainer.sample_every and (progress.step % trainer.sample_every == 0 or last_step):
                 self.save_samples()
                 self.log_diagnostics()
-            if self.cfg.eval.every and (progress.step % self.cfg.eval.every == 0 or last_step):
+            if self.cfg.eval.every and (progress.step % self.cfg.eval.every == 0 or at_max_steps):
                 self.evaluate()
             if progress.step % trainer.ckpt_every == 0 or last_step:
                 self.save_checkpoint()
             side_time += time.perf_counter() - side_start
             if self.tracker is not None:
                 self.tracker.advance(progress.step)
+            if out_of_time:
+                self.stopped_by_time = True
+                return None
         return None
+
+    def _out_of_time(self) -> bool:
+        """Whether the time budget has run out; under DDP every rank stops at the same step (the
+        first rank whose clock passed the deadline decides)."""
+        if self.deadline is None:
+            return False
+        flag = torch.tensor([1 if time.monotonic() >= self.deadline else 0])
+        if self.context.enabled:
+            distributed.all_reduce(flag, op="max")
+        return bool(flag.item())
+
+    def _update_budget_estimate(self) -> None:
+        """Under a time budget, after each log window: the step the budget will likely reach
+        becomes the progress bar's total; the first time, one line says so."""
+        if self.budget is None or self.tracker is None:
+            return
+        start_step = self.tracker.start_step
+        reach = max(self.progress.step, budget_reach(start_step=start_step, step=self.progress.step,
+                                                     elapsed=time.monotonic() - self.session_start, budget=self.budget))
+        self.tracker.set_horizon(reach)
+        if self.budget_announced or self.progress.step >= self.trainer.max_steps:
+            return
+        self.budget_announced = True
+        budget, max_steps = format_duration(self.budget), self.trainer.max_steps
+        if reach >= max_steps:
+            self.tracker.note(f"time budget {budget}: at this rate max_steps={max_steps:,} comes first")
+            return
+        message = f"time budget {budget}: at this rate this session will likely end near step {reach:,} of {max_steps:,}"
+        if self.cfg.optim.get("decay", "none") != "none":
+            total = self.cfg.optim.get("total_steps", max_steps)
+            message += (f"; the LR decay runs to optim.total_steps={total:,}, so it stops early on that schedule "
+                        f"(set trainer.max_steps near {reach:,} to decay within the budget)")
+        self.tracker.note(message)
+
+    def _time_stop_message(self) -> str:
+        budget = self.trainer.max_time
+        return (f"time budget trainer.max_time={budget} reached at step {self.progress.step:,} of "
+                f"{self.trainer.max_steps:,}; checkpoint and grid saved. Continue with: "
+                f"ganrun train resume={self.run_dir} trainer.max_time={budget} (the budget applies to each session; "
+                f"trainer.max_time=null runs on to max_steps)")
+
+    def _end_summary(self) -> list[str]:
+        evaluator, tracker = self.state.evaluator, self.tracker
+        best = None
+        if evaluator is not None and evaluator.best is not None:
+            best = (self.cfg.eval.best_metric, evaluator.best, evaluator.best_step)
+        last_checkpoint = self.checkpoint_dir / "last.pt"
+        grids = sorted(self.samples_dir.glob("step_*.png"))
+        return end_summary(
+            step=self.progress.step, max_steps=self.trainer.max_steps, images_seen=self.progress.images_seen,
+            wall_seconds=time.monotonic() - self.session_start, run_dir=self.run_dir, latest=tracker.latest,
+            best=best, last_checkpoint=last_checkpoint if last_checkpoint.is_file() else None,
+            last_grid=grids[-1] if grids else None, sync_hint=tracker.sync_hint(),
+        )
 
     # side work
 
@@ -127,16 +248,46 @@ class Run:
             truncate_metrics(self.run_dir / "metrics.jsonl", after_step=self.progress.step)
         tracker = Tracker(run_dir=self.run_dir, config=self.state.config, logger_cfg=self.cfg.logger,
                           max_steps=self.trainer.max_steps, start_step=self.progress.step,
-                          resume_run_id=self.state.run_id, alarms=self.state.alarms)
+                          resume_run_id=self.state.run_id, alarms=self.state.alarms, deadline=self.deadline)
         self.state.run_id = tracker.run_id
         verb = "resuming at step" if self.resumed else "starting at step"
+        end = f"{self.trainer.max_steps}"
+        if self.budget is not None:
+            end += f" or {format_duration(self.budget)} of wall clock, whichever ends first"
         tracker.note(f"run dir: {self.run_dir}")
         tracker.note(
-            f"{verb} {self.progress.step} of {self.trainer.max_steps} | data: {self.data.source} | "
-            f"device: {describe(self.device)} | precision: {self.precision.name} | channels_last: {self.channels_last} | "
-            f"compile: {self.trainer.compile} | ranks: {self.context.world_size}"
+            f"{verb} {self.progress.step} of {end} | data: {self.data.source} | "
+            f"device: {describe(self.device, self.threads)} | precision: {self.precision.name} | "
+            f"channels_last: {self.channels_last} | compile: {self.trainer.compile} | ranks: {self.context.world_size}"
         )
         return tracker
+
+    def _first_grids(self) -> None:
+        """Something to look at before the first sample point (rank 0): samples/real.png, a grid of
+        the training data as the run's grids show it, and on a fresh run the step-0 grid of G_ema.
+        Drawn without touching the training's random state."""
+        if self.tracker is None or not self.trainer.sample_every:
+            return
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            real_path = self.samples_dir / "real.png"
+            if not real_path.is_file():
+                try:
+                    real = self._real_images(self.trainer.grid_size)
+                except GanrunError as error:  # the data's own reading problems: a warning, never the run
+                    self.tracker.note(f"[yellow]warning:[/yellow] no {real_path.name}: {str(error).splitlines()[0]}")
+                else:
+                    real_path.parent.mkdir(parents=True, exist_ok=True)
+                    self.recipe.save_grid(real, real_path, nrow=_grid_rows(len(real)))
+            if not self.resumed:
+                self.save_samples()
+
+    def _real_images(self, count: int) -> torch.Tensor:
+        """`count` training examples as the recipe's grids draw them: images in [-1, 1]
+        (ImageData.first_images; HR crops for super-resolution), or 2-D points as they are."""
+        images = self.data.images
+        if images is not None and images.is_floating_point():  # toy mixtures: (N, 2) points, a scatter
+            return images[:count]
+        return self.data.first_images(count)
 
     def log_window(self, window_images: int, elapsed: float) -> None:
         self.monitor.raise_if_nonfinite(last_checkpoint_step=self.last_saved_step)

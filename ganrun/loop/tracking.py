@@ -17,11 +17,13 @@ from typing import Any, Optional
 from urllib.parse import urlparse
 
 from rich.console import Console
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
+from rich.table import Column
+from rich.text import Text
 
+from ganrun.config import choice
 from ganrun.files import atomic_write_text
 from ganrun.loop.alarms import Alarms
-from ganrun.config import choice
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 # helpers
 
@@ -50,6 +52,28 @@ def choose_wandb_mode(requested: str, *, has_credentials: bool, env_mode: Option
     return "offline", "no W&B credentials: logging offline; upload later with `wandb sync {run_dir}/wandb/offline-run-*`"
 
 
+def estimate_eta(*, step: int, max_steps: int, steps_per_second: Optional[float],
+                 seconds_left: Optional[float]) -> Optional[float]:
+    """Seconds until the run ends: at max_steps at the measured rate, or at the time budget
+    (`seconds_left`, None without one), whichever comes first; None while neither is known."""
+    candidates = []
+    if steps_per_second:
+        candidates.append(max(0, max_steps - step) / steps_per_second)
+    if seconds_left is not None:
+        candidates.append(max(0.0, seconds_left))
+    return min(candidates) if candidates else None
+
+
+def _clock(seconds: float) -> str:
+    """H:MM:SS, as rich's elapsed column shows it."""
+    whole = int(round(seconds))
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+def sync_command(run_dir: Path) -> str:
+    return f"wandb sync {run_dir}/wandb/offline-run-*"
+
+
 def format_scalars(scalars: dict[str, float]) -> str:
     parts = []
     for key, value in scalars.items():
@@ -59,6 +83,28 @@ def format_scalars(scalars: dict[str, float]) -> str:
 
 
 # classes
+
+
+class RemainingColumn(ProgressColumn):
+    """`ETA 0:04:12`: until max_steps or the time budget, whichever ends first (Tracker.eta)."""
+
+    def __init__(self, tracker: "Tracker"):
+        super().__init__(table_column=Column(no_wrap=True))
+        self.tracker = tracker
+
+    def render(self, task: Task) -> Text:
+        seconds = self.tracker.eta(int(task.completed))
+        return Text("ETA " + ("-:--:--" if seconds is None else _clock(seconds)), style="progress.remaining")
+
+
+class LossesColumn(ProgressColumn):
+    """The losses, on one line: the only column that narrows when the terminal is (an ellipsis)."""
+
+    def __init__(self) -> None:
+        super().__init__(table_column=Column(no_wrap=False))  # wrapable: the table takes width from here first
+
+    def render(self, task: Task) -> Text:
+        return Text(task.fields["losses"], no_wrap=True, overflow="ellipsis")
 
 
 class Tracker:
@@ -74,31 +120,56 @@ class Tracker:
         console: Optional[Console] = None,
         show_progress: bool = True,
         alarms: Optional[Alarms] = None,
+        deadline: Optional[float] = None,
     ):
+        """`deadline`: the time budget's end on time.monotonic()'s clock (trainer.max_time), or None."""
         self.run_dir = run_dir
         self.console = console or Console(stderr=False, soft_wrap=True)
         self.metrics_path = run_dir / "metrics.jsonl"
         self.max_steps = max_steps
+        self.deadline = deadline
+        self.horizon = max_steps  # the step the run will likely end at (fewer under a time budget)
+        self.start_step, self.started = start_step, time.monotonic()
+        self.latest: dict[str, float] = {}  # the last logged value of every scalar (the end summary)
         self.wandb_run = None
+        self.wandb_offline = False  # W&B logs to disk only: the end of the run says how to upload
         self.alarms = alarms  # every logged row passes through them
         self.run_id: Optional[str] = resume_run_id
         self._init_wandb(config, logger_cfg, resume_run_id)
         self.interactive = self.console.is_terminal
         self.progress: Optional[Progress] = None
         if self.interactive and show_progress:
+            # Fits 80 columns with the ETA visible: the losses come last and are cut first (an ellipsis).
             self.progress = Progress(
-                TextColumn("step {task.completed}/{task.total}"),
-                BarColumn(),
-                TextColumn("{task.fields[speed]}"),
-                TextColumn("{task.fields[losses]}"),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
+                TextColumn("step {task.completed}/{task.fields[horizon]}", table_column=Column(no_wrap=True)),
+                BarColumn(bar_width=12, table_column=Column(no_wrap=True)),
+                TimeElapsedColumn(table_column=Column(no_wrap=True)),
+                RemainingColumn(self),
+                TextColumn("{task.fields[speed]}", table_column=Column(no_wrap=True)),
+                LossesColumn(),
                 console=self.console,
                 transient=False,
             )
-            self.task = self.progress.add_task("train", total=max_steps, completed=start_step, speed="", losses="")
+            self.task = self.progress.add_task("train", total=max_steps, completed=start_step, speed="", losses="",
+                                               horizon=str(max_steps))
             self.progress.start()
+
+    def eta(self, step: int) -> Optional[float]:
+        """Seconds left: to max_steps at this session's rate (side work included), or to the
+        time budget, whichever comes first; None before the first step."""
+        now = time.monotonic()
+        done, elapsed = step - self.start_step, now - self.started
+        rate = done / elapsed if done > 0 and elapsed > 0 else None
+        left = None if self.deadline is None else self.deadline - now
+        return estimate_eta(step=step, max_steps=self.max_steps, steps_per_second=rate, seconds_left=left)
+
+    def set_horizon(self, steps: int) -> None:
+        """The step the run will likely end at (a time budget's estimate): the bar's total, shown `~N`."""
+        self.horizon = min(steps, self.max_steps)
+        if self.progress is not None:
+            estimated = self.horizon < self.max_steps
+            self.progress.update(self.task, total=self.horizon,
+                                 horizon=f"~{self.horizon}" if estimated else str(self.max_steps))
 
     # W&B
 
@@ -126,6 +197,7 @@ class Tracker:
 
         try:
             self.wandb_run = start(mode)
+            self.wandb_offline = mode == "offline"
         except Exception as error:  # an unreachable or failing W&B server must never stop training
             if mode != "online":
                 self.note(f"[yellow]warning:[/yellow] W&B disabled for this run: {str(error).splitlines()[0]}")
@@ -136,6 +208,7 @@ class Tracker:
             )
             try:
                 self.wandb_run = start("offline")
+                self.wandb_offline = True
             except Exception as offline_error:
                 self.note(f"[yellow]warning:[/yellow] W&B disabled for this run: {str(offline_error).splitlines()[0]}")
                 return
@@ -159,6 +232,7 @@ class Tracker:
             self.progress.update(self.task, completed=step)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
+        self.latest.update(scalars)
         row = {"step": step, **scalars, "time": round(time.time(), 3)}
         with open(self.metrics_path, "a") as handle:
             handle.write(json.dumps(row) + "\n")
@@ -175,7 +249,10 @@ class Tracker:
         if self.progress is not None:
             self.progress.update(self.task, completed=step, speed=speed, losses=format_scalars(losses))
         else:
-            self.note(f"step {step}/{self.max_steps}  {speed}  {format_scalars(losses)}")
+            horizon = f"~{self.horizon}" if self.horizon < self.max_steps else str(self.max_steps)
+            eta = self.eta(step)
+            eta_text = f"ETA {_clock(eta)}  " if eta is not None else ""
+            self.note(f"step {step}/{horizon}  {eta_text}{speed}  {format_scalars(losses)}")
 
     def alert(self, message: str) -> None:
         """A training alarm: one console line and a W&B alert (e-mail/Slack where the user set them up)."""
@@ -197,6 +274,10 @@ class Tracker:
                 self.wandb_run.log({key: wandb.Image(str(path))}, step=step)
             except Exception as error:
                 self.note(f"[yellow]warning:[/yellow] W&B image upload failed: {error}")
+
+    def sync_hint(self) -> Optional[str]:
+        """How to upload an offline W&B run (printed at the end), or None when it was online or off."""
+        return f"W&B logged offline; upload with: {sync_command(self.run_dir)}" if self.wandb_offline else None
 
     def summary(self, values: dict) -> None:
         if self.wandb_run is not None:
