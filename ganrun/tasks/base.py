@@ -67,8 +67,9 @@ class Task:
 
     def sample(self, cfg: DictConfig, *, path: Path, device: torch.device,
                should_abort: Optional[ShouldAbort] = None) -> list[Path]:
-        """`ganrun sample` of the checkpoint at `path`; returns the files written. Writes in
-        batches (bounded memory); between them, `should_abort()` true raises SideWorkInterrupted."""
+        """`ganrun sample` of the checkpoint at `path`; returns what was written (files, or the
+        folder of single images). Writes in batches (bounded memory); between them,
+        `should_abort()` true raises SideWorkInterrupted."""
         raise NotImplementedError
 
 
