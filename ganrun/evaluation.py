@@ -17,26 +17,42 @@ from omegaconf import DictConfig, OmegaConf
 
 from ganrun.config import choice
 from ganrun.data import load_image_folder
-from ganrun.errors import GanrunError
+from ganrun.errors import GanrunError, ShouldAbort
 from ganrun.files import cache_dir
 from ganrun.hardware import choose_device
 from ganrun.loop.checkpoint import load_checkpoint, numbered_checkpoints, resolve_checkpoint_path, run_dir_of
 from ganrun.loop.rebuild import task_of
+from ganrun.loop.signals import stop_between_batches
 from ganrun.loop.tracking import Tracker
-from ganrun.metrics.fidelity import RESIZE, FeatureExtractor, cautions, check_metric_names, compute_metrics, data_batches, format_result
+from ganrun.metrics.fidelity import (
+    RESIZE,
+    FeatureExtractor,
+    cautions,
+    check_metric_names,
+    compute_metrics,
+    data_batches,
+    format_result,
+)
 
 # the command
 
 
 def evaluate(cfg: DictConfig) -> list[dict]:
+    """Measure, print, record. SIGINT/SIGTERM stop it between batches (SystemExit 128 + signal);
+    checkpoints measured by then keep their eval.json entries, the interrupted one gets none."""
+    with stop_between_batches() as signals:
+        return _evaluate(cfg, should_abort=signals.pending)
+
+
+def _evaluate(cfg: DictConfig, *, should_abort: ShouldAbort) -> list[dict]:
     if cfg.real is not None or cfg.fake is not None:  # two folders: no checkpoint, no task
-        return [evaluate_folders(cfg)]
+        return [evaluate_folders(cfg, should_abort=should_abort)]
     if cfg.run is not None:
         run_dir = Path(cfg.run)
         paths = numbered_checkpoints(run_dir / "checkpoints") or [resolve_checkpoint_path(run_dir)]
     else:
         paths = [resolve_checkpoint_path(cfg.ckpt)]
-    results = task_of(load_checkpoint(paths[-1])["config"]).evaluate(paths, cfg)
+    results = task_of(load_checkpoint(paths[-1])["config"]).evaluate(paths, cfg, should_abort=should_abort)
     plot = None
     if cfg.run is not None:
         print_table(results)
@@ -46,23 +62,29 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     return results
 
 
-def evaluate_folders(cfg: DictConfig) -> dict:
+def evaluate_folders(cfg: DictConfig, *, should_abort: Optional[ShouldAbort] = None) -> dict:
     """FID & co. between two image folders (`real=` and `fake=`), both resized to `resolution`."""
     if cfg.real is None or cfg.fake is None:
         raise GanrunError("comparing folders needs both: ganrun eval real=/path/to/real fake=/path/to/fake")
+    # What is there to compare comes first: a missing folder is the problem, not a missing resolution=.
+    problems = {side: _folder_problem(Path(cfg[side]).expanduser()) for side in ("real", "fake")}
+    named = [f"{side}={cfg[side]} {problem}" for side, problem in problems.items() if problem]
+    if named:
+        raise GanrunError(f"{' and '.join(named)}; pass existing folders of images")
     if cfg.resolution is None:
         raise GanrunError("comparing folders needs resolution=N (images are resized and center-cropped to NxN first)")
     metrics = check_metric_names(list(cfg.metrics))
     if cfg.num_samples < 2:
         raise GanrunError(f"num_samples must be >= 2, got {cfg.num_samples}")
-    device = choose_device(choice(cfg.device), cuda_available=torch.cuda.is_available())
+    device = choose_device(choice(cfg.device), cuda_available=torch.cuda.is_available(), key="device")
     extractor = FeatureExtractor(metrics=metrics, cache_dir=cache_dir(), allow_download=cfg.download, device=device,
                                  precision=choice(cfg.precision))
     features, data = {}, {}
     for side in ("real", "fake"):
         data[side] = load_image_folder(root=cfg[side], resolution=cfg.resolution)
         count = min(cfg.num_samples, len(data[side]))
-        features[side] = extractor(data_batches(data[side], count=count, batch_size=cfg.batch_size), total=count, label=side)
+        batches = data_batches(data[side], count=count, batch_size=cfg.batch_size, should_abort=should_abort)
+        features[side] = extractor(batches, total=count, label=side)
     values = compute_metrics(features["fake"], features["real"], metrics=metrics, kid_subset_size=cfg.kid_subset_size,
                              seed=cfg.seed)
     protocol = {
@@ -79,6 +101,14 @@ def evaluate_folders(cfg: DictConfig) -> dict:
     for note in notes:
         print(f"  caution: {note}")
     return {"metrics": values, "protocol": protocol}
+
+
+def _folder_problem(path: Path) -> Optional[str]:
+    if not path.exists():
+        return "does not exist"
+    if not path.is_dir():
+        return "is not a folder"
+    return None
 
 
 def print_table(results: list[dict]) -> None:

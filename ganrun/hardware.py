@@ -26,9 +26,10 @@ def cpu_supports_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def choose_device(requested: str, *, cuda_available: bool, local_rank: int = 0) -> torch.device:
+def choose_device(requested: str, *, cuda_available: bool, local_rank: int = 0, key: str = "trainer.device") -> torch.device:
+    """`key` is the option as the command spells it (trainer.device for train, device for sample/eval)."""
     if requested == "cuda" and not cuda_available:
-        raise GanrunError("trainer.device=cuda but no CUDA GPU is visible; use trainer.device=auto or cpu")
+        raise GanrunError(f"{key}=cuda but no CUDA GPU is visible; use {key}=auto or cpu")
     if requested == "cuda" or (requested == "auto" and cuda_available):
         return torch.device("cuda", local_rank)
     return torch.device("cpu")

@@ -17,12 +17,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ganrun.config import format_duration, parse_duration
-from ganrun.errors import GanrunError
+from ganrun.errors import GanrunError, SideWorkInterrupted
 from ganrun.hardware import PrecisionPolicy, describe, set_threads
 from ganrun.loop import distributed
 from ganrun.loop.checkpoint import save_checkpoint_file, write_checkpoint
 from ganrun.loop.monitor import LossMonitor
-from ganrun.loop.signals import StopSignals
+from ganrun.loop.signals import StopSignals, received_signal_name, stop_pending
 from ganrun.loop.state import RunState
 from ganrun.loop.tracking import Tracker, truncate_metrics
 from ganrun.recipes.base import Stepper
@@ -92,6 +92,7 @@ class Run:
         self.tracker: Optional[Tracker] = None
         # The newest checkpoint on disk, for the divergence message (a resumed run starts from one).
         self.last_saved_step: Optional[int] = state.progress.step if resumed else None
+        self._written_step: Optional[int] = None  # the step this process last wrote a checkpoint of
 
     def train(self) -> TrainResult:
         """Train until trainer.max_steps, trainer.max_time or a stop signal, whichever comes first.
@@ -302,7 +303,7 @@ class Run:
             return self.recipe.render(self.state.ema.module, {k: v.to(self.device) for k, v in inputs.items()}).float()
 
     def save_samples(self) -> None:
-        if self.tracker is None:
+        if self.tracker is None or stop_pending():  # stopping: the checkpoint matters, the picture can wait
             return
         images = self._render(self.state.grid)
         path = self.samples_dir / f"step_{self.progress.step:07d}.png"
@@ -320,9 +321,15 @@ class Run:
         self.tracker.log(self.progress.step, self.data.diagnostics(samples))
 
     def save_checkpoint(self) -> None:
+        """last.pt (and step_N.pt) of this step. A stop signal during the interval's save leads to
+        a second call at the same step on the way out: the file is already there, so it is not
+        written twice (a SIGTERM's grace period is short)."""
+        if self._written_step == self.progress.step:  # the same on every rank: no collective skipped on one
+            return
         # never overwrite a good checkpoint with a diverged one (a collective: every rank checks)
         self.monitor.raise_if_nonfinite(last_checkpoint_step=self.last_saved_step)
         payload = self.state.state_dict()  # the RNG gather is a collective: every rank takes part
+        self._written_step = self.progress.step
         if self.tracker is None:
             return
         write_checkpoint(payload, self.checkpoint_dir, step=self.progress.step, keep_last=self.trainer.keep_last)
@@ -330,13 +337,19 @@ class Run:
 
     def evaluate(self) -> None:
         """Rank 0 measures G_ema; best.pt keeps the best state by eval.best_metric. A failing
-        evaluation is reported and training goes on: it never costs the run."""
+        evaluation is reported and training goes on: it never costs the run. A stop signal
+        during it (SIGTERM from a scheduler that waits 30 s) ends it between two batches: the
+        result is dropped and the loop checkpoints and stops at once."""
         self.monitor.raise_if_nonfinite(last_checkpoint_step=self.last_saved_step)  # every rank checks first
         evaluator, tracker, step = self.state.evaluator, self.tracker, self.progress.step
         if evaluator is not None and tracker is not None:
             try:
                 with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                    scalars, improved = evaluator(self.recipe, self.state.ema.module, step=step)  # no training randomness
+                    scalars, improved = evaluator(self.recipe, self.state.ema.module, step=step,  # no training randomness
+                                                  should_abort=stop_pending)
+            except SideWorkInterrupted:
+                tracker.note(f"eval at step {step} interrupted by {received_signal_name()}: result dropped; "
+                             "checkpointing and stopping")
             except Exception as error:  # noqa: BLE001 - any failure of a side measurement, reported below
                 reason = str(error).splitlines()[0] if str(error) else type(error).__name__
                 tracker.note(f"[yellow]warning:[/yellow] eval at step {step} failed ({reason}); training goes on")

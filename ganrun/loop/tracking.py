@@ -2,7 +2,8 @@
 
 Only rank 0 builds a Tracker. W&B is optional at every step: no credentials means offline
 logging (sync later), an unreachable server means offline too, and `wandb.finish()` runs in
-`Tracker.finish`, which the loop calls from a `finally`, so multirun jobs never share a run.
+`Tracker.finish`, which the loop calls from a `finally`, so multirun jobs never share a run;
+it also waits until W&B has written the run's files (`Tracker.finish`).
 """
 
 from __future__ import annotations
@@ -288,9 +289,18 @@ class Tracker:
             self.progress.stop()
             self.progress = None
         if self.wandb_run is not None:
+            import wandb
+
             try:
                 self.wandb_run.finish(exit_code=exit_code)
-            except Exception as error:
+                # finish() returns once W&B's service process has the run's last records; the
+                # service writes and closes the run's files (the offline run-ID.wandb log with the
+                # summary) after that, in its own time. Read at once (a test, `ganrun eval` called
+                # from Python, the next multirun job), the summary could be missing; under load it
+                # was. teardown() waits for the service to exit, so every file is complete when
+                # finish returns; the next wandb.init starts a new service (about a second).
+                wandb.teardown()
+            except (Exception, SystemExit) as error:  # teardown exits when the service failed: warn, go on
                 print(f"warning: W&B finish failed: {error}", file=sys.stderr)
             self.wandb_run = None
 

@@ -20,10 +20,10 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ganrun.files import save_to_cache
-from ganrun.data.images import ImageData
-from ganrun.errors import GanrunError
 from ganrun import hardware
+from ganrun.data.images import ImageData
+from ganrun.errors import GanrunError, ShouldAbort, check_abort
+from ganrun.files import save_to_cache
 from ganrun.metrics.inception import find_inception_weights, load_feature_extractor
 
 METRICS = ("fid", "kid", "is", "prc")
@@ -65,25 +65,34 @@ def as_rgb(images: torch.Tensor) -> torch.Tensor:
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 
-def data_batches(data: ImageData, *, count: int, batch_size: int) -> Iterator[torch.Tensor]:
+def data_batches(data: ImageData, *, count: int, batch_size: int,
+                 should_abort: Optional[ShouldAbort] = None) -> Iterator[torch.Tensor]:
     """The first `count` images of a dataset as uint8 RGB batches (N, 3, R, R), a fixed, ordered
     subset. Streamed files are decoded here by the loaders' policy (ImageData.readable_images):
     a file that fails to decode is skipped, the next one taking its place, and counted in one
-    warning, exactly as training skips it."""
+    warning, exactly as training skips it. `should_abort()` true before a batch raises
+    SideWorkInterrupted."""
     if data.images is not None:
         for start in range(0, count, batch_size):
+            check_abort(should_abort, "reference images")
             yield as_rgb(data.images[start : min(start + batch_size, count)])
         return
     images = data.readable_images(count)
-    while batch := list(itertools.islice(images, batch_size)):
+    while True:
+        check_abort(should_abort, "reference images")
+        batch = list(itertools.islice(images, batch_size))
+        if not batch:
+            return
         yield as_rgb(torch.stack(batch))
 
 
 def generated_batches(recipe, G: torch.nn.Module, *, count: int, batch_size: int, seed: int,
-                      device: torch.device) -> Iterator[torch.Tensor]:
-    """`count` samples of G as uint8 RGB, from the recipe's own latent inputs (seeded)."""
+                      device: torch.device, should_abort: Optional[ShouldAbort] = None) -> Iterator[torch.Tensor]:
+    """`count` samples of G as uint8 RGB, from the recipe's own latent inputs (seeded).
+    `should_abort()` true before a batch raises SideWorkInterrupted."""
     generator = torch.Generator().manual_seed(seed)
     for start in range(0, count, batch_size):
+        check_abort(should_abort, "generating samples")
         inputs = recipe.grid_inputs(min(batch_size, count - start), generator=generator)
         with torch.no_grad():
             images = recipe.render(G, {key: value.to(device) for key, value in inputs.items()})
@@ -130,13 +139,17 @@ class FeatureExtractor:
         self.tag = f"inception-2015-12-05-{'full' if self.weights.has_logits else 'pool'}-{self.precision}"
 
     @torch.inference_mode()
-    def __call__(self, batches: Iterable[torch.Tensor], *, total: int, label: str) -> dict[str, torch.Tensor]:
+    def __call__(self, batches: Iterable[torch.Tensor], *, total: int, label: str,
+                 should_abort: Optional[ShouldAbort] = None) -> dict[str, torch.Tensor]:
+        """Features of every batch; `should_abort()` true between batches raises
+        SideWorkInterrupted (a stop signal waits one batch, not the whole set)."""
         outputs: dict[str, list[torch.Tensor]] = {name: [] for name in self.features}
         progress = Progress(TextColumn(f"{label}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                             TimeRemainingColumn(), console=Console(stderr=True), transient=True)
         with progress:
             task = progress.add_task(label, total=total)
             for batch in batches:
+                check_abort(should_abort, label)
                 batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                     values = self.network(batch)
@@ -158,9 +171,11 @@ def choose_feature_precision(requested: str, *, device: torch.device) -> str:
 
 
 def reference_features(extractor: FeatureExtractor, data: ImageData, *, dataset: str, split: str, count: int,
-                       batch_size: int, cache_dir: Path) -> tuple[dict[str, torch.Tensor], str]:
+                       batch_size: int, cache_dir: Path,
+                       should_abort: Optional[ShouldAbort] = None) -> tuple[dict[str, torch.Tensor], str]:
     """Features of the first `count` reference images, from the cache when it was computed from
-    the same data with the same extractor; returns (features, "hit" | "miss" | "recomputed")."""
+    the same data with the same extractor; returns (features, "hit" | "miss" | "recomputed").
+    Interrupted (`should_abort`), nothing is cached."""
     count = min(count, len(data))
     meta = {
         "dataset": dataset, "split": split, "resolution": data.resolution, "count": count, "source": data.source,
@@ -176,7 +191,8 @@ def reference_features(extractor: FeatureExtractor, data: ImageData, *, dataset:
         except Exception:  # a cache file we cannot read is recomputed, never trusted
             pass
         status = "recomputed"
-    features = extractor(data_batches(data, count=count, batch_size=batch_size), total=count, label=f"reference {dataset} {split}")
+    batches = data_batches(data, count=count, batch_size=batch_size, should_abort=should_abort)
+    features = extractor(batches, total=count, label=f"reference {dataset} {split}")
     save_to_cache({"meta": meta, "features": features}, path)  # read-only cache: a warning, and on we go
     return features, status
 

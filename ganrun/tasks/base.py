@@ -5,15 +5,16 @@ gets a `conf/task/NAME.yaml` naming it; see docs/architecture.md.
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 from omegaconf import DictConfig
 
-from ganrun.errors import GanrunError
+from ganrun.errors import GanrunError, ShouldAbort
 from ganrun.files import atomic_write_text
 from ganrun.loop.checkpoint import run_dir_of
 
@@ -59,12 +60,16 @@ class Task:
 
     # commands
 
-    def evaluate(self, paths: list[Path], cfg: DictConfig) -> list[dict]:
-        """`ganrun eval` of these checkpoints (one result dict each, already printed and recorded)."""
+    def evaluate(self, paths: list[Path], cfg: DictConfig, *, should_abort: Optional[ShouldAbort] = None) -> list[dict]:
+        """`ganrun eval` of these checkpoints (one result dict each, already printed and recorded).
+        Between batches, `should_abort()` true raises SideWorkInterrupted."""
         raise NotImplementedError
 
-    def sample(self, cfg: DictConfig, *, path: Path, device: torch.device) -> list[Path]:
-        """`ganrun sample` of the checkpoint at `path`; returns the files written."""
+    def sample(self, cfg: DictConfig, *, path: Path, device: torch.device,
+               should_abort: Optional[ShouldAbort] = None) -> list[Path]:
+        """`ganrun sample` of the checkpoint at `path`; returns what was written (files, or the
+        folder of single images). Writes in batches (bounded memory); between them,
+        `should_abort()` true raises SideWorkInterrupted."""
         raise NotImplementedError
 
 
@@ -86,14 +91,23 @@ class Evaluator:
     def higher_is_better(self, key: str) -> bool:
         raise NotImplementedError
 
-    def measure(self, recipe: Any, G: torch.nn.Module, *, step: int) -> dict[str, float]:
-        """Metric values of G at this step (unprefixed keys; must include settings.best_metric)."""
+    def measure(self, recipe: Any, G: torch.nn.Module, *, step: int,
+                should_abort: Optional[ShouldAbort] = None) -> dict[str, float]:
+        """Metric values of G at this step (unprefixed keys; must include settings.best_metric).
+        Polls `should_abort()` between batches and raises SideWorkInterrupted when it is true:
+        a stop signal must not wait for the whole evaluation (schedulers give 30 s)."""
         raise NotImplementedError
 
-    def __call__(self, recipe: Any, G: torch.nn.Module, *, step: int) -> tuple[dict[str, float], bool]:
-        """(scalars to log as eval/*, whether this step is the best so far by eval.best_metric)."""
+    def __call__(self, recipe: Any, G: torch.nn.Module, *, step: int,
+                 should_abort: Optional[ShouldAbort] = None) -> tuple[dict[str, float], bool]:
+        """(scalars to log as eval/*, whether this step is the best so far by eval.best_metric).
+        Raises SideWorkInterrupted when `should_abort()` turns true before the values are in;
+        the best-so-far record is then unchanged."""
         start = time.perf_counter()
-        values = self.measure(recipe, G, step=step)
+        if should_abort is not None and _takes_should_abort(self.measure):
+            values = self.measure(recipe, G, step=step, should_abort=should_abort)
+        else:  # an evaluator written before should_abort existed: it runs to its end
+            values = self.measure(recipe, G, step=step)
         key = self.settings.best_metric
         improved = self.best is None or (values[key] > self.best if self.higher_is_better(key) else values[key] < self.best)
         if improved:
@@ -104,6 +118,11 @@ class Evaluator:
 
 
 # helpers
+
+
+def _takes_should_abort(method: Callable) -> bool:
+    parameters = inspect.signature(method).parameters
+    return "should_abort" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def record_result(path: Path, result: dict, *, values: dict) -> None:

@@ -17,7 +17,7 @@ from PIL import Image
 from ganrun.config import choice
 from ganrun.data.images import list_images, warn
 from ganrun.data.paired_sr import Pair, load_pairs, read_image
-from ganrun.errors import GanrunError
+from ganrun.errors import GanrunError, ShouldAbort, check_abort
 from ganrun.hardware import choose_device
 from ganrun.imaging import bicubic_upscale, tiled, to_float, to_uint8
 from ganrun.loop.checkpoint import load_checkpoint
@@ -47,10 +47,13 @@ def protocol_text(*, scale: int, border: int, lr_source: str, lpips: str = "") -
 
 @torch.no_grad()
 def measure_pairs(recipe, G: torch.nn.Module, pairs: Sequence[Pair], *, border: int, device: torch.device,
-                  tile: int = 0, overlap: int = 32, perceptual: Optional[PerceptualDistance] = None) -> list[dict]:
-    """Per image: {"name", "sr": {metric: value}, "bicubic": {metric: value}}."""
+                  tile: int = 0, overlap: int = 32, perceptual: Optional[PerceptualDistance] = None,
+                  should_abort: Optional[ShouldAbort] = None) -> list[dict]:
+    """Per image: {"name", "sr": {metric: value}, "bicubic": {metric: value}}. `should_abort()`
+    true before a pair raises SideWorkInterrupted."""
     rows = []
     for pair in pairs:
+        check_abort(should_abort, "measuring image pairs")
         lr = to_float(pair.low_res(recipe.scale)).unsqueeze(0).to(device)
         sr = tiled(lambda x: recipe.super_resolve(G, x), lr, scale=recipe.scale, tile=tile, overlap=overlap)
         bicubic = bicubic_upscale(lr.float(), recipe.scale).clamp(-1, 1)
@@ -72,10 +75,12 @@ def check_border(border: Optional[int], scale: int) -> int:
 
 @torch.no_grad()
 def super_resolve_folder(recipe, G: torch.nn.Module, *, input_dir: str, out_dir: str, channels: int,
-                         device: torch.device, tile: int, overlap: int, alpha_background: Any = "white") -> list[Path]:
+                         device: torch.device, tile: int, overlap: int, alpha_background: Any = "white",
+                         should_abort: Optional[ShouldAbort] = None) -> list[Path]:
     """Every image under `input_dir` (any size), decoded by ganrun's one policy (upright, 8-bit,
     transparency onto `alpha_background`), super-resolved tile by tile into `out_dir` as PNG with
-    the same relative name. Unreadable files are skipped and counted in one warning."""
+    the same relative name. Unreadable files are skipped and counted in one warning.
+    `should_abort()` true before an image raises SideWorkInterrupted."""
     folder, target = Path(input_dir).expanduser(), Path(out_dir).expanduser()
     if not folder.is_dir():
         raise GanrunError(f"input_dir={input_dir!r} is not a folder of images")
@@ -86,6 +91,7 @@ def super_resolve_folder(recipe, G: torch.nn.Module, *, input_dir: str, out_dir:
         raise GanrunError(f"out_dir={out_dir!r} is input_dir: pick another folder, inputs are never overwritten")
     written, unreadable = [], []
     for path in files:
+        check_abort(should_abort, f"super-resolving ({len(written)} of {len(files)} images written to {target})")
         try:
             image = read_image(path, channels=channels, alpha_background=alpha_background)
         except GanrunError:  # one bad file of many: skipped and counted, as every reader does
@@ -107,7 +113,8 @@ def super_resolve_folder(recipe, G: torch.nn.Module, *, input_dir: str, out_dir:
 # the command: `ganrun eval ckpt=...` of a super-resolution checkpoint
 
 
-def evaluate_sr_checkpoint(path, cfg, *, device: torch.device, perceptual: Optional[PerceptualDistance] = None) -> dict:
+def evaluate_sr_checkpoint(path, cfg, *, device: torch.device, perceptual: Optional[PerceptualDistance] = None,
+                           should_abort: Optional[ShouldAbort] = None) -> dict:
     """The per-image table and means of one checkpoint, printed with the protocol and recorded
     as `ganrun eval` records FID (eval.json beside it, an eval/* row in metrics.jsonl)."""
     step = int(load_checkpoint(path)["progress"]["step"])
@@ -130,7 +137,7 @@ def evaluate_sr_checkpoint(path, cfg, *, device: torch.device, perceptual: Optio
                        channels=dataset.channels, alpha_background=dataset.get("alpha_background", "white"))
     start = time.perf_counter()
     rows = measure_pairs(recipe, G, pairs, border=border, device=device, tile=cfg.tile, overlap=cfg.tile_overlap,
-                         perceptual=perceptual)
+                         perceptual=perceptual, should_abort=should_abort)
     lr_source = f"{lr_dir} ({lr_name})" if lr_dir is not None else f"bicubic downscaling of {hr_dir} (torch, antialiased)"
     protocol = {
         "images": f"{len(rows)} pairs, HR from {hr_dir}",
@@ -173,8 +180,10 @@ class ValidationPSNR(Evaluator):
     def higher_is_better(self, key: str) -> bool:
         return True  # PSNR and SSIM
 
-    def measure(self, recipe: Any, G: torch.nn.Module, *, step: int) -> dict[str, float]:
-        values = flat_metrics(measure_pairs(recipe, G, self.pairs, border=self.scale, device=self.device, tile=256))
+    def measure(self, recipe: Any, G: torch.nn.Module, *, step: int,
+                should_abort: Optional[ShouldAbort] = None) -> dict[str, float]:
+        values = flat_metrics(measure_pairs(recipe, G, self.pairs, border=self.scale, device=self.device, tile=256,
+                                            should_abort=should_abort))
         key = self.settings.best_metric
         return {**{name: values[name] for name in self.metrics}, f"bicubic_{key}": values[f"bicubic_{key}"]}
 
@@ -197,20 +206,28 @@ class SuperResolutionTask(Task):
                            device: torch.device) -> Evaluator:
         return ValidationPSNR(settings=settings, pairs=data.validation, scale=data.scale, device=device)
 
-    def evaluate(self, paths: list[Path], cfg: DictConfig) -> list[dict]:
+    def evaluate(self, paths: list[Path], cfg: DictConfig, *, should_abort: Optional[ShouldAbort] = None) -> list[dict]:
         """PSNR/SSIM (+ LPIPS) of each checkpoint, sharing one LPIPS network (or one reason for none)."""
-        device = choose_device(choice(cfg.device), cuda_available=torch.cuda.is_available())
+        device = choose_device(choice(cfg.device), cuda_available=torch.cuda.is_available(), key="device")
         perceptual, reason = perceptual_distance_or_reason(device=device, allow_download=cfg.download)
         if reason:
             print(reason)
-        return [evaluate_sr_checkpoint(path, cfg, device=device, perceptual=perceptual) for path in paths]
+        return [evaluate_sr_checkpoint(path, cfg, device=device, perceptual=perceptual, should_abort=should_abort)
+                for path in paths]
 
-    def sample(self, cfg: DictConfig, *, path: Path, device: torch.device) -> list[Path]:
+    def sample(self, cfg: DictConfig, *, path: Path, device: torch.device,
+               should_abort: Optional[ShouldAbort] = None) -> list[Path]:
         if cfg.input_dir is None or cfg.out_dir is None:
-            raise GanrunError("super-resolving a folder needs both: ganrun sample ckpt=... input_dir=LR_FOLDER out_dir=SR_FOLDER")
+            missing = " and ".join(key for key in ("input_dir", "out_dir") if cfg[key] is None)
+            raise GanrunError(
+                f"{cfg.ckpt} is a super-resolution checkpoint: it super-resolves a folder of images, and {missing} "
+                f"{'is' if ' and ' not in missing else 'are'} missing; run ganrun sample ckpt={cfg.ckpt} "
+                "input_dir=LR_FOLDER out_dir=SR_FOLDER (n=, out= and interpolate= are for generation checkpoints)"
+            )
         if cfg.tile < 0 or cfg.tile_overlap < 0:
             raise GanrunError(f"tile and tile_overlap must be >= 0, got {cfg.tile} and {cfg.tile_overlap}")
         recipe, G, config = rebuild_from_checkpoint(path, device=device, use_ema=cfg.ema)
         return super_resolve_folder(recipe, G, input_dir=cfg.input_dir, out_dir=cfg.out_dir, channels=config.dataset.channels,
                                     device=device, tile=cfg.tile, overlap=cfg.tile_overlap,
-                                    alpha_background=config.dataset.get("alpha_background", "white"))
+                                    alpha_background=config.dataset.get("alpha_background", "white"),
+                                    should_abort=should_abort)
