@@ -275,7 +275,11 @@ def preflight_train(args: list[str]) -> list[str]:
     context = distributed.init_process_group()  # no-op unless under torchrun
     extra: list[str] = []
     if resume is not None:
-        from ganrun.loop.checkpoint import load_checkpoint, resolve_checkpoint_path, run_dir_of  # here, not at the top: `ganrun --help` starts without torch
+        from ganrun.loop.checkpoint import (  # here, not at the top: `ganrun --help` starts without torch
+            load_checkpoint,
+            resolve_checkpoint_path,
+            run_dir_of,
+        )
         from ganrun.loop.setup import check_same_model, merge_resume_config  # here too, for the same reason
 
         checkpoint_path = resolve_checkpoint_path(resume)
@@ -302,7 +306,10 @@ def preflight_train(args: list[str]) -> list[str]:
             extra.append(f"hydra.run.dir={_quoted(distributed.broadcast_object(run_dir) if context.enabled else run_dir)}")
         init_from = _path(checked, "init_from")
         if init_from is not None:
-            from ganrun.loop.checkpoint import load_checkpoint, resolve_checkpoint_path  # here, not at the top: `ganrun --help` starts without torch
+            from ganrun.loop.checkpoint import (  # here, not at the top: `ganrun --help` starts without torch
+                load_checkpoint,
+                resolve_checkpoint_path,
+            )
 
             load_checkpoint(resolve_checkpoint_path(init_from))
     validate_run_config(run_cfg)
@@ -325,7 +332,10 @@ def _check_data_root(dataset: DictConfig) -> None:
 
 
 def preflight_sample(args: list[str]) -> list[str]:
-    from ganrun.loop.checkpoint import load_checkpoint, resolve_checkpoint_path  # here, not at the top: `ganrun --help` starts without torch
+    from ganrun.loop.checkpoint import (  # here, not at the top: `ganrun --help` starts without torch
+        load_checkpoint,
+        resolve_checkpoint_path,
+    )
 
     checked = _first_values([arg for arg in args if not arg.startswith("-")])
     ckpt = _path(checked, "ckpt")
@@ -337,7 +347,10 @@ def preflight_sample(args: list[str]) -> list[str]:
 
 
 def preflight_eval(args: list[str]) -> list[str]:
-    from ganrun.loop.checkpoint import load_checkpoint, resolve_checkpoint_path  # here, not at the top: `ganrun --help` starts without torch
+    from ganrun.loop.checkpoint import (  # here, not at the top: `ganrun --help` starts without torch
+        load_checkpoint,
+        resolve_checkpoint_path,
+    )
     from ganrun.metrics.fidelity import check_metric_names  # here, not at the top: `ganrun --help` starts without torch
 
     parsed = _first_values([arg for arg in args if not arg.startswith("-")])

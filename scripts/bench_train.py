@@ -37,11 +37,11 @@ from hydra import compose, initialize_config_module  # noqa: E402
 
 from ganrun.config import build, choice, register_schemas  # noqa: E402
 from ganrun.data import Batches, ImageData, load_mnist_family  # noqa: E402
-from ganrun.loop.ema import EMA  # noqa: E402
 from ganrun.hardware import choose_precision, cpu_supports_bf16, use_channels_last  # noqa: E402
+from ganrun.loop.ema import EMA  # noqa: E402
+from ganrun.loop.monitor import LossMonitor  # noqa: E402
 from ganrun.models.dcgan import init_dcgan_weights  # noqa: E402
 from ganrun.recipes.base import Stepper  # noqa: E402
-from ganrun.loop.monitor import LossMonitor  # noqa: E402
 
 # the textbook step (pytorch/examples/dcgan/main.py, with its own network definitions)
 

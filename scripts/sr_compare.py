@@ -26,10 +26,10 @@ from torchvision.utils import make_grid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ganrun.loop.checkpoint import resolve_checkpoint_path  # noqa: E402
-from ganrun.loop.rebuild import rebuild_from_checkpoint  # noqa: E402
 from ganrun.data.paired_sr import load_pairs  # noqa: E402
 from ganrun.imaging import bicubic_upscale, tiled, to_float, to_uint8  # noqa: E402
+from ganrun.loop.checkpoint import resolve_checkpoint_path  # noqa: E402
+from ganrun.loop.rebuild import rebuild_from_checkpoint  # noqa: E402
 from ganrun.metrics.image_quality import crop_border, measure, rgb_to_y  # noqa: E402
 
 

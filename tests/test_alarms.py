@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ganrun.loop.alarms import AlarmSettings, Alarms
+from ganrun.loop.alarms import Alarms, AlarmSettings
 
 
 def feed(alarms: Alarms, rows: list[dict]) -> list[tuple[int, str]]:

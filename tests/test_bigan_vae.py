@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cli, compose_train, run_train, tiny_overrides
+from fixtures_data import write_idx_file
 from PIL import Image
 
-from conftest import cli, compose_train, make_mnist, run_train, tiny_overrides
-from fixtures_data import write_idx_file
-from ganrun.loop.checkpoint import LAST, load_checkpoint
 from ganrun.config import build
 from ganrun.errors import GanrunError
+from ganrun.loop.checkpoint import LAST, load_checkpoint
 from ganrun.loop.rebuild import rebuild_from_checkpoint
 
 # helpers

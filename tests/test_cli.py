@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cli, run_train, tiny_overrides
 from PIL import Image
 
-from conftest import cli, run_train, tiny_overrides
 from ganrun.loop.checkpoint import LAST, load_checkpoint
-
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> None:

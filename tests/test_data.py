@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DistributedSampler
-
 from fixtures_data import (  # noqa: F401  (data_cache is an autouse fixture; cifar, mixed_folder are fixtures)
     CELEBA_SIZES,
     CIFAR_TEST_COUNT,
@@ -31,6 +29,8 @@ from fixtures_data import (  # noqa: F401  (data_cache is an autouse fixture; ci
     write_idx_file,
     write_mnist,
 )
+from torch.utils.data import DistributedSampler
+
 from ganrun.data.images import (
     Batches,
     ImageData,
@@ -224,7 +224,7 @@ def test_missing_mnist_without_fallback_says_where_and_how(tmp_path, data_cache)
     assert str(root / "MNIST" / "raw" / "train-images-idx3-ubyte[.gz]") in message
     assert "download is off (dataset.download=false)" in message
     assert "copy the four IDX files there" in message
-    assert f"set dataset.root to the folder holding MNIST/raw" in message
+    assert "set dataset.root to the folder holding MNIST/raw" in message
     assert not root.exists() and not data_cache.exists()
 
 

@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import compose_train
-from PIL import Image, ImageFile
-
 from fixtures_data import (  # noqa: F401  (data_cache is an autouse fixture: no network, cache in tmp)
     QUADRANT_COLOURS,
     data_cache,
@@ -25,6 +23,8 @@ from fixtures_data import (  # noqa: F401  (data_cache is an autouse fixture: no
     truncate_file,
     upright_pattern,
 )
+from PIL import Image, ImageFile
+
 from ganrun.config import build
 from ganrun.data.decode import file_is_complete, open_rgb_or_gray
 from ganrun.data.images import ImageData, load_image_folder

@@ -7,8 +7,8 @@ import json
 import math
 
 import pytest
-
 from conftest import compose_train, run_train, tiny_overrides
+
 from ganrun.config import build
 from ganrun.errors import GanrunError
 

@@ -9,18 +9,17 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from torch import nn
-
 from conftest import cli, run_train, tiny_overrides
-from ganrun.loop.checkpoint import LAST, load_checkpoint
-from ganrun.models.diffaugment import DiffAugment
+from PIL import Image
+from test_training import _tensors_equal
+
 from ganrun.errors import GanrunError
+from ganrun.loop.checkpoint import LAST, load_checkpoint
 from ganrun.losses import HingeLoss, NonSaturatingLoss, WassersteinLoss
 from ganrun.models.dcgan import Discriminator, Generator
+from ganrun.models.diffaugment import DiffAugment
 from ganrun.recipes.base import Stepper
 from ganrun.recipes.gan import GANRecipe
-from test_training import _tensors_equal
 
 # helpers
 
@@ -265,6 +264,7 @@ def test_sample_rows_of_chosen_classes_and_clear_errors(capsys, mnist_root, tmp_
 
 def test_experiment_configs_pin_the_published_settings():
     from conftest import compose_train
+
     from ganrun.config import build
 
     cgan = compose_train(["experiment=cgan_mnist"])

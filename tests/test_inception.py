@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ganrun.metrics import inception
 from ganrun.errors import GanrunError
+from ganrun.metrics import inception
 from ganrun.metrics.inception import InceptionWeights, find_inception_weights, load_feature_extractor
 
 FEATURE_TOLERANCE = 1e-4

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import cli, compose_train, run_train, tiny_overrides
+from test_cli import assert_one_line_error
+
 from ganrun.errors import GanrunError
 from ganrun.loop.checkpoint import LAST, load_checkpoint
-from test_cli import assert_one_line_error
 
 # helpers
 

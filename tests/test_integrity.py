@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import cli, run_train, tiny_overrides
+
 from ganrun.errors import GanrunError, RunInUse
 from ganrun.files import atomic_save
 from ganrun.loop.checkpoint import (

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import compose_train
 from torch import nn
 
-from conftest import compose_train
 from ganrun.config import build
 from ganrun.errors import GanrunError
 from ganrun.losses import (

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cli, run_train, tiny_overrides
 from torchvision.transforms.v2 import functional as TF
 
-from conftest import cli, run_train, tiny_overrides
-from ganrun.loop.checkpoint import LAST
 from ganrun.data import ImageData
 from ganrun.errors import GanrunError
+from ganrun.loop.checkpoint import LAST
 from ganrun.metrics.fidelity import FeatureExtractor, check_metric_names, compute_metrics, reference_features, to_uint8_rgb
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import compose_train, run_train, tiny_overrides
-from ganrun.loop.checkpoint import LAST, load_checkpoint
+
 from ganrun.config import build
 from ganrun.errors import GanrunError
+from ganrun.loop.checkpoint import LAST, load_checkpoint
 from ganrun.models import dcgan, mlp, sagan, sngan
 from ganrun.models.layers import ClassBatchNorm2d, SelfAttention
 

@@ -18,16 +18,16 @@ from conftest import cli, compose_train, run_train
 from PIL import Image
 from test_models import one_thread  # noqa: F401  (autouse: tiny nets run several times faster on one thread)
 
-from ganrun.loop.checkpoint import load_checkpoint
 from ganrun.config import build
-from ganrun.errors import GanrunError
-from ganrun.models.srresnet import SRResNet
-from ganrun.loop.rebuild import rebuild_from_checkpoint
 from ganrun.data.paired_sr import load_paired_sr
+from ganrun.errors import GanrunError
 from ganrun.imaging import bicubic_downscale, tiled, to_float
-from ganrun.metrics.image_quality import lpips_backbone_path, measure, perceptual_distance_or_reason, rgb_to_y
-from ganrun.tasks.super_resolution import measure_pairs
+from ganrun.loop.checkpoint import load_checkpoint
+from ganrun.loop.rebuild import rebuild_from_checkpoint
 from ganrun.loop.setup import initialize_generator
+from ganrun.metrics.image_quality import lpips_backbone_path, measure, perceptual_distance_or_reason, rgb_to_y
+from ganrun.models.srresnet import SRResNet
+from ganrun.tasks.super_resolution import measure_pairs
 
 CPU = torch.device("cpu")
 FREQUENCIES = (0.05, 0.3)  # radians per HR pixel: sharp-edged stripes well below the LR Nyquist limit

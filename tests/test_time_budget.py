@@ -14,17 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, cli, compose_train, run_train, tiny_overrides
 from PIL import Image
 from rich.console import Console
+from test_cli import assert_one_line_error
 
-from conftest import REPO, cli, compose_train, run_train, tiny_overrides
 from ganrun.config import format_duration, parse_duration
 from ganrun.errors import GanrunError
 from ganrun.hardware import ThreadChoice, choose_threads, describe, own_recent_load
 from ganrun.loop.checkpoint import LAST, load_checkpoint
 from ganrun.loop.run import budget_reach, end_summary
 from ganrun.loop.tracking import Tracker, estimate_eta
-from test_cli import assert_one_line_error
 
 CPU = torch.device("cpu")
 

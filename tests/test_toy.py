@@ -9,15 +9,14 @@ import time
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import cli, run_train
+from PIL import Image
 from test_models import one_thread  # noqa: F401  (autouse: tiny MLPs run fastest on one thread)
-from ganrun.loop.checkpoint import LAST, load_checkpoint
-from ganrun.data import Batches
-from ganrun.errors import GanrunError
-from ganrun.data.toy import grid_centres, load_grid, load_ring, mode_coverage, ring_centres, save_scatter, scatter_reference_for
 
+from ganrun.data import Batches
+from ganrun.data.toy import grid_centres, load_grid, load_ring, mode_coverage, ring_centres, save_scatter, scatter_reference_for
+from ganrun.errors import GanrunError
+from ganrun.loop.checkpoint import LAST, load_checkpoint
 
 # data
 

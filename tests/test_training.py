@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import make_image_folder, make_mnist, run_train, tiny_overrides
 from fixtures_data import make_cifar
-from ganrun.loop.checkpoint import FORMAT, LAST, atomic_save, load_checkpoint, numbered_checkpoints, write_checkpoint
+from PIL import Image
+
 from ganrun.errors import GanrunError, TrainingDiverged
+from ganrun.loop.checkpoint import FORMAT, LAST, atomic_save, load_checkpoint, numbered_checkpoints, write_checkpoint
 
 
 def _tensors_equal(a, b, path="") -> None:

@@ -8,16 +8,16 @@ import zipfile
 
 import pytest
 import torch
+from conftest import REPO, compose_train
 from torch import nn
 
-from conftest import REPO, compose_train
 from ganrun.cli import group_options
 from ganrun.config import build
-from ganrun.loop.ema import EMA
 from ganrun.errors import GanrunError
 from ganrun.hardware import BF16, FP16, FP32, choose_device, choose_precision, cpu_supports_bf16, use_channels_last
-from ganrun.models.dcgan import Discriminator, Generator
+from ganrun.loop.ema import EMA
 from ganrun.loop.tracking import choose_wandb_mode, has_wandb_credentials
+from ganrun.models.dcgan import Discriminator, Generator
 
 # hardware decisions
 

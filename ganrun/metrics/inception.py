@@ -23,8 +23,8 @@ from urllib.parse import urlparse
 
 import torch
 
-from ganrun.files import atomic_save, save_to_cache
 from ganrun.errors import GanrunError
+from ganrun.files import atomic_save, save_to_cache
 
 if TYPE_CHECKING:
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3

@@ -12,8 +12,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from ganrun.models.diffaugment import DiffAugment
 from ganrun.errors import GanrunError
+from ganrun.models.diffaugment import DiffAugment
 from ganrun.recipes.base import Recipe, Stepper, frozen
 
 

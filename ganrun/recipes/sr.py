@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganrun.errors import GanrunError
+from ganrun.imaging import bicubic_downscale, bicubic_upscale, check_scale, to_float, to_uint8
 from ganrun.losses import NonSaturatingLoss
 from ganrun.recipes.base import Recipe, Stepper, frozen
 from ganrun.recipes.reconstruction import evaluating
-from ganrun.imaging import bicubic_downscale, bicubic_upscale, check_scale, to_float, to_uint8
 
 # helpers
 
