@@ -94,6 +94,8 @@ def groups(run, name: str) -> list[dict]:
 # overrides it needs to mean something (eval.* needs an evaluator, optim.decay_start a decay)
 
 NEW_VALUES: dict[str, tuple[str, Any]] = {
+    "trainer.max_time": ("00:10:00", "00:10:00"),
+    "trainer.num_threads": ("1", 1),
     "task._target_": ("ganrun.tasks.super_resolution.SuperResolutionTask", None),
     "task.name": ("super_resolution", None),
     "dataset._target_": ("ganrun.data.images.load_mnist_family", "ganrun.data.images.load_mnist_family"),
@@ -243,7 +245,7 @@ CHECKS: dict[str, Callable[..., None]] = {
     "trainer.n_critic": lambda run, key, expected: (
         run.state.recipe.loss.n_critic == expected and run.state.recipe.batches_per_step == expected),
     **{f"trainer.{name}": lambda run, key, expected: run.trainer[key.split(".")[1]] == expected  # what the loop reads
-       for name in ("log_every", "sample_every", "ckpt_every", "keep_last")},
+       for name in ("log_every", "sample_every", "ckpt_every", "keep_last", "max_time", "num_threads")},
     "trainer.ema.": lambda run, key, expected: getattr(run.state.ema, key.split(".")[2]) == expected,
     "trainer.alarms.": lambda run, key, expected: getattr(run.state.alarms.settings, key.split(".")[2]) == expected,
     # the tracker starts from run.cfg.logger (Run._start_tracker)

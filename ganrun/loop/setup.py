@@ -170,6 +170,8 @@ RESUME_RULES: tuple[ResumeRule, ...] = (
     ResumeRule("trainer.compile", True, "the networks are compiled (or not) at every start"),
     ResumeRule("trainer.num_workers", True, "the data stream is built with it at every start"),
     ResumeRule("trainer.log_every", True, "the loop reads it"),
+    ResumeRule("trainer.max_time", True, "a budget for this session, counted from its own start (Run.train reads it)"),
+    ResumeRule("trainer.num_threads", True, "threads are chosen at every start (Run.train reads it)"),
     ResumeRule("trainer.sample_every", True, "the loop reads it"),
     ResumeRule("trainer.ckpt_every", True, "the loop reads it"),
     ResumeRule("trainer.keep_last", True, "the loop reads it when it prunes checkpoints"),
