@@ -331,6 +331,29 @@ def _check_data_root(dataset: DictConfig) -> None:
         check_root(dataset.root)
 
 
+def _compose_checked(config_name: str, checked: list) -> None:
+    """Compose `ganrun sample|eval`'s config with the command line, so a typo'd key, a wrong type or
+    a training group (`model=...`: sample and eval take the model from the checkpoint) is one line."""
+    from hydra import compose, initialize_config_module
+
+    overrides = [f"{override.get_key_element()}={text}" if override.is_sweep_override() else override.input_line
+                 for override, text, _ in checked]
+    for override, _, _ in checked:
+        if override.key_or_group in GROUPS:
+            raise GanrunError(
+                f"{override.key_or_group}= is a training option; ganrun {config_name} takes the model, data and losses "
+                f"from the checkpoint (ganrun {config_name} --help lists its keys)"
+            )
+    try:
+        with initialize_config_module("ganrun.conf", version_base="1.3"):
+            compose(config_name, overrides=overrides)
+    except Exception as error:  # Hydra/OmegaConf raise several types; all are bad input here
+        with initialize_config_module("ganrun.conf", version_base="1.3"):
+            known_keys = _known_keys(compose(config_name))
+        message = _explain_compose_error(error, known_keys).replace("ganrun train --cfg job", f"ganrun {config_name} --help")
+        raise GanrunError(message) from None
+
+
 def preflight_sample(args: list[str]) -> list[str]:
     from ganrun.loop.checkpoint import (  # here, not at the top: `ganrun --help` starts without torch
         load_checkpoint,
@@ -338,6 +361,7 @@ def preflight_sample(args: list[str]) -> list[str]:
     )
 
     checked = _first_values([arg for arg in args if not arg.startswith("-")])
+    _compose_checked("sample", checked)
     ckpt = _path(checked, "ckpt")
     if ckpt is None:
         raise GanrunError("sample needs a checkpoint: ganrun sample ckpt=RUN_DIR_or_FILE.pt")
@@ -354,6 +378,7 @@ def preflight_eval(args: list[str]) -> list[str]:
     from ganrun.metrics.fidelity import check_metric_names  # here, not at the top: `ganrun --help` starts without torch
 
     parsed = _first_values([arg for arg in args if not arg.startswith("-")])
+    _compose_checked("eval", parsed)
     paths = {key: _path(parsed, key) for key in ("ckpt", "run", "real", "fake")}
     if all(path is None for path in paths.values()):
         raise GanrunError("eval needs what to measure: ckpt=FILE_or_RUN, run=RUN_DIR, or real=DIR fake=DIR")

@@ -73,3 +73,27 @@ def test_a_failing_evaluation_is_reported_and_training_goes_on(mnist_root, tmp_p
     assert "eval at step 2 failed (image file is truncated (6 bytes not processed)); training goes on" in out
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows if row.get("eval/failed") == 1.0] == [2, 4]
+
+
+def test_sample_and_eval_typos_and_training_groups_are_one_line(capsys):
+    from conftest import cli
+
+    for args, expected in (
+        (("sample", "ckpt=/nowhere", "nn=4"), "error: unknown config key 'nn'; see `ganrun sample --help` for every key"),
+        (("eval", "ckpt=/nowhere", "num_sample=500"),
+         "error: unknown config key 'num_sample' (did you mean 'num_samples'?); see `ganrun eval --help` for every key"),
+        (("sample", "ckpt=/nowhere", "model=vae"),
+         "error: model= is a training option; ganrun sample takes the model, data and losses from the checkpoint"),
+    ):
+        code, out, err = cli(capsys, *args)
+        assert code == 2 and err.startswith(expected) and len(err.strip().splitlines()) == 1, (args, err)
+
+
+def test_a_resume_says_what_it_changed(mnist_root, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_train(tiny_overrides(mnist_root, **{"trainer.max_steps": 2}), run_dir)
+    capsys.readouterr()
+    run_train([*tiny_overrides(mnist_root), f"resume={run_dir}", "trainer.max_steps=3", "optim.lr=1e-4"], run_dir)
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("changed on resume: "))
+    assert "optim.lr 0.0002 -> 0.0001" in line and "trainer.max_steps 2 -> 3" in line

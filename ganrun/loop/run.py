@@ -81,8 +81,10 @@ class Run:
 
     def __init__(self, *, cfg: DictConfig, state: RunState, data: Any, stepper: Stepper, run_dir: Path,
                  context: distributed.DistributedContext, device: torch.device, precision: PrecisionPolicy,
-                 channels_last: bool, resumed: bool):
+                 channels_last: bool, resumed: bool, resume_changes: Optional[dict[str, tuple[Any, Any]]] = None):
         self.cfg, self.trainer = cfg, cfg.trainer
+        # key -> (checkpoint's value, this session's) of the settings a resume changed, said at start
+        self.resume_changes = {key: change for key, change in (resume_changes or {}).items() if not key.endswith(".source")}
         self.state, self.data, self.stepper = state, data, stepper
         self.recipe, self.progress = state.recipe, state.progress
         self.run_dir, self.context, self.device, self.precision = run_dir, context, device, precision
@@ -256,6 +258,9 @@ class Run:
         if self.budget is not None:
             end += f" or {format_duration(self.budget)} of wall clock, whichever ends first"
         tracker.note(f"run dir: {self.run_dir}")
+        if self.resume_changes:
+            changed = ", ".join(f"{key} {before} -> {after}" for key, (before, after) in self.resume_changes.items())
+            tracker.note(f"changed on resume: {changed}")
         tracker.note(
             f"{verb} {self.progress.step} of {end} | data: {self.data.source} | "
             f"device: {describe(self.device, self.threads)} | precision: {self.precision.name} | "

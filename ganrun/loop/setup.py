@@ -524,4 +524,5 @@ def build_run(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> R
     stepper = Stepper(device_type=device.type, autocast_dtype=precision.autocast_dtype, optimizers=recipe.optimizers,
                       scalers=state.scalers)
     return Run(cfg=cfg, state=state, data=data, stepper=stepper, run_dir=run_dir, context=context, device=device,
-               precision=precision, channels_last=channels_last, resumed=checkpoint is not None)
+               precision=precision, channels_last=channels_last, resumed=checkpoint is not None,
+               resume_changes=changes if checkpoint is not None else {})
