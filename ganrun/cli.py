@@ -390,8 +390,14 @@ def preflight_eval(args: list[str]) -> list[str]:
         load_checkpoint(resolve_checkpoint_path(paths["ckpt"]))
     if paths["run"] is not None and not Path(paths["run"]).expanduser().exists():
         raise GanrunError(f"run={paths['run']} does not exist; pass a run dir (outputs/DATE/TIME)")
+    problems = []  # both folders named at once, not one per attempt
     for key in ("real", "fake"):
-        _check_folder(key, paths[key])
+        try:
+            _check_folder(key, paths[key])
+        except GanrunError as error:
+            problems.append(str(error).removesuffix("; pass an existing folder"))
+    if problems:
+        raise GanrunError("; ".join(problems) + ("; pass existing folders" if len(problems) > 1 else "; pass an existing folder"))
     data_root = _path(parsed, "data_root")
     if data_root is not None:
         from ganrun.data.images import check_root  # here, not at the top: `ganrun --help` starts without torch

@@ -97,3 +97,12 @@ def test_a_resume_says_what_it_changed(mnist_root, tmp_path, capsys):
     out = capsys.readouterr().out
     line = next(line for line in out.splitlines() if line.startswith("changed on resume: "))
     assert "optim.lr 0.0002 -> 0.0001" in line and "trainer.max_steps 2 -> 3" in line
+
+
+def test_eval_names_both_missing_folders_at_once(capsys, tmp_path):
+    from conftest import cli
+
+    code, _, err = cli(capsys, "eval", f"real={tmp_path / 'a'}", f"fake={tmp_path / 'b'}")
+    assert code == 2
+    assert err.strip() == (f"error: real={tmp_path / 'a'} is not a folder (does not exist); "
+                           f"fake={tmp_path / 'b'} is not a folder (does not exist); pass existing folders")
