@@ -12,25 +12,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ganrun.config import choice
 from ganrun.data import load_image_folder
 from ganrun.errors import GanrunError, ShouldAbort
-from ganrun.files import cache_dir
-from ganrun.hardware import choose_device
 from ganrun.loop.checkpoint import load_checkpoint, numbered_checkpoints, resolve_checkpoint_path, run_dir_of
 from ganrun.loop.rebuild import task_of
 from ganrun.loop.signals import stop_between_batches
 from ganrun.loop.tracking import Tracker
 from ganrun.metrics.fidelity import (
     RESIZE,
-    FeatureExtractor,
     cautions,
-    check_metric_names,
     compute_metrics,
     data_batches,
+    extractor_for,
     format_result,
 )
 
@@ -73,12 +69,7 @@ def evaluate_folders(cfg: DictConfig, *, should_abort: Optional[ShouldAbort] = N
         raise GanrunError(f"{' and '.join(named)}; pass existing folders of images")
     if cfg.resolution is None:
         raise GanrunError("comparing folders needs resolution=N (images are resized and center-cropped to NxN first)")
-    metrics = check_metric_names(list(cfg.metrics))
-    if cfg.num_samples < 2:
-        raise GanrunError(f"num_samples must be >= 2, got {cfg.num_samples}")
-    device = choose_device(choice(cfg.device), cuda_available=torch.cuda.is_available(), key="device")
-    extractor = FeatureExtractor(metrics=metrics, cache_dir=cache_dir(), allow_download=cfg.download, device=device,
-                                 precision=choice(cfg.precision))
+    metrics, extractor = extractor_for(cfg)
     features, data = {}, {}
     for side in ("real", "fake"):
         data[side] = load_image_folder(root=cfg[side], resolution=cfg.resolution)

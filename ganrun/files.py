@@ -8,7 +8,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Callable, Iterator
 
 import torch
 
@@ -33,39 +33,33 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_save(payload: dict, path: Path) -> None:
-    """Write to a temp file in the same dir, fsync, then os.replace: a reader (or a kill -9)
-    sees the old file or the new one, never half of one. A failed write (disk full) raises
-    OSError naming `path` and leaves no temp file; the old file stays as it was."""
+def _atomic_write(path: Path, mode: str, write: Callable[[IO], None]) -> None:
+    """Write through `write` to a per-process temp file in the same dir, fsync, then os.replace:
+    a reader (or a kill -9) sees the old file or the new one, never half of one. A failed write
+    (disk full) raises OSError naming `path` and leaves no temp file; the old file stays."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with _naming(path):
-            with open(temp, "wb") as handle:
-                torch.save(payload, handle)
+            with open(temp, mode) as handle:
+                write(handle)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp, path)
     finally:
         _remove_quietly(temp)
     fsync_dir(path.parent)
+
+
+def atomic_save(payload: dict, path: Path) -> None:
+    """`torch.save(payload)` to `path` atomically (see `_atomic_write`)."""
+    _atomic_write(path, "wb", lambda handle: torch.save(payload, handle))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """`atomic_save` for text files (eval.json, metrics.jsonl rewrites): a per-process temp name,
+    """`text` to `path` atomically (eval.json, metrics.jsonl rewrites): a per-process temp name,
     so two writers never share one half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with _naming(path):
-            with open(temp, "w") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, path)
-    finally:
-        _remove_quietly(temp)
-    fsync_dir(path.parent)
+    _atomic_write(path, "w", lambda handle: handle.write(text))
 
 
 def save_to_cache(payload: dict, path: Path) -> bool:

@@ -14,16 +14,17 @@ import hashlib
 import itertools
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ganrun import hardware
+from ganrun.config import choice
 from ganrun.data.images import ImageData
 from ganrun.errors import GanrunError, ShouldAbort, check_abort
-from ganrun.files import save_to_cache
+from ganrun.files import cache_dir, save_to_cache
 from ganrun.metrics.inception import find_inception_weights, load_feature_extractor
 
 METRICS = ("fid", "kid", "is", "prc")
@@ -285,3 +286,14 @@ def timed(function, *args, **kwargs):
     result = function(*args, **kwargs)
     return result, time.perf_counter() - start
 
+
+def extractor_for(settings: Any, *, key: str = "device") -> tuple[list[str], FeatureExtractor]:
+    """(checked metric names, the Inception feature extractor) for `ganrun eval`'s settings
+    (`metrics`, `num_samples`, `device`, `download`, `precision`). Raises GanrunError."""
+    metrics = check_metric_names(list(settings.metrics))
+    if settings.num_samples < 2:
+        raise GanrunError(f"num_samples must be >= 2, got {settings.num_samples}")
+    device = hardware.choose_device(choice(settings.device), cuda_available=torch.cuda.is_available(), key=key)
+    extractor = FeatureExtractor(metrics=metrics, cache_dir=cache_dir(), allow_download=settings.download, device=device,
+                                 precision=choice(settings.precision))
+    return metrics, extractor

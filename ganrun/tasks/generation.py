@@ -20,7 +20,6 @@ from ganrun.config import choice
 from ganrun.data.reference import load_reference_data
 from ganrun.errors import GanrunError, ShouldAbort, SideWorkInterrupted, check_abort
 from ganrun.files import cache_dir
-from ganrun.hardware import choose_device
 from ganrun.loop.checkpoint import load_checkpoint, run_dir_of
 from ganrun.loop.rebuild import rebuild_from_checkpoint
 from ganrun.metrics.fidelity import (
@@ -30,6 +29,7 @@ from ganrun.metrics.fidelity import (
     cautions,
     check_metric_names,
     compute_metrics,
+    extractor_for,
     format_result,
     generated_batches,
     metric_keys,
@@ -305,12 +305,7 @@ class GenerationTask(Task):
         return FIDEvaluator(settings=settings, dataset_cfg=dataset_cfg, device=device)
 
     def evaluate(self, paths: list[Path], cfg: DictConfig, *, should_abort: Optional[ShouldAbort] = None) -> list[dict]:
-        metrics = check_metric_names(list(cfg.metrics))
-        if cfg.num_samples < 2:
-            raise GanrunError(f"num_samples must be >= 2, got {cfg.num_samples}")
-        device = choose_device(choice(cfg.device), cuda_available=torch.cuda.is_available(), key="device")
-        extractor = FeatureExtractor(metrics=metrics, cache_dir=cache_dir(), allow_download=cfg.download, device=device,
-                                     precision=choice(cfg.precision))
+        metrics, extractor = extractor_for(cfg)
         return [evaluate_checkpoint(path, cfg, metrics, extractor, should_abort) for path in paths]
 
     @torch.no_grad()
