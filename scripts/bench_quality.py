@@ -75,7 +75,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench_train import cpu_description  # noqa: E402
+from bench_train import cpu_description, textbook_update  # noqa: E402
 
 from ganrun.data import ImageData, load_mnist_family  # noqa: E402
 from ganrun.errors import GanrunError  # noqa: E402
@@ -321,28 +321,11 @@ def textbook_worker(args: argparse.Namespace) -> None:
                 done = True
                 break
             real = images[order[first : first + batch_size]].float().div(127.5).sub(1)
-            # pytorch/examples/dcgan/main.py, step for step (as make_textbook_step in bench_train.py)
-            netD.zero_grad()
-            label = torch.full((batch_size,), 1.0)
-            output = netD(real).view(-1)
-            errD_real = criterion(output, label)
-            errD_real.backward()
-            noise = torch.randn(batch_size, Z_DIM, 1, 1)
-            fake = netG(noise)
-            label.fill_(0.0)
-            output = netD(fake.detach()).view(-1)
-            errD_fake = criterion(output, label)
-            errD_fake.backward()
-            optimizerD.step()
-            netG.zero_grad()
-            label.fill_(1.0)
-            output = netD(fake).view(-1)
-            errG = criterion(output, label)
-            errG.backward()
-            optimizerG.step()
+            # pytorch/examples/dcgan/main.py, step for step (bench_train.py's textbook_update)
+            errD, errG = textbook_update(netG, netD, optimizerD, optimizerG, criterion, real, z_dim=Z_DIM)
             steps += 1
             if steps % 500 == 0:
-                print(f"step {steps}  {time.time() - start:.0f} s  Loss_D {(errD_real + errD_fake).item():.3f}  "
+                print(f"step {steps}  {time.time() - start:.0f} s  Loss_D {errD.item():.3f}  "
                       f"Loss_G {errG.item():.3f}", flush=True)
             if next_target < len(targets) and time.time() - start >= targets[next_target]:
                 save()

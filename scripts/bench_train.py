@@ -68,6 +68,32 @@ def textbook_networks() -> tuple[nn.Module, nn.Module]:
     return netG, netD
 
 
+def textbook_update(netG: nn.Module, netD: nn.Module, optimizerD, optimizerG, criterion, real: torch.Tensor, *,
+                    z_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One D and one G update of pytorch/examples/dcgan/main.py, step for step: separate real and
+    fake backward passes, D's weight gradients computed in the G phase. Returns (errD, errG)."""
+    batch_size = len(real)
+    netD.zero_grad()
+    label = torch.full((batch_size,), 1.0)
+    output = netD(real).view(-1)
+    errD_real = criterion(output, label)
+    errD_real.backward()
+    noise = torch.randn(batch_size, z_dim, 1, 1)
+    fake = netG(noise)
+    label.fill_(0.0)
+    output = netD(fake.detach()).view(-1)
+    errD_fake = criterion(output, label)
+    errD_fake.backward()
+    optimizerD.step()
+    netG.zero_grad()
+    label.fill_(1.0)
+    output = netD(fake).view(-1)
+    errG = criterion(output, label)
+    errG.backward()
+    optimizerG.step()
+    return errD_real + errD_fake, errG
+
+
 def make_textbook_step(images: torch.Tensor, batch_size: int):
     netG, netD = textbook_networks()
     criterion = nn.BCELoss()
@@ -79,24 +105,7 @@ def make_textbook_step(images: torch.Tensor, batch_size: int):
         start = position["i"] % (len(images) - batch_size)
         position["i"] += batch_size
         real = images[start : start + batch_size].float().div(127.5).sub(1)
-        netD.zero_grad()
-        label = torch.full((batch_size,), 1.0)
-        output = netD(real).view(-1)
-        errD_real = criterion(output, label)
-        errD_real.backward()
-        noise = torch.randn(batch_size, NZ, 1, 1)
-        fake = netG(noise)
-        label.fill_(0.0)
-        output = netD(fake.detach()).view(-1)
-        errD_fake = criterion(output, label)
-        errD_fake.backward()
-        optimizerD.step()
-        netG.zero_grad()
-        label.fill_(1.0)
-        output = netD(fake).view(-1)
-        errG = criterion(output, label)
-        errG.backward()
-        optimizerG.step()
+        textbook_update(netG, netD, optimizerD, optimizerG, criterion, real, z_dim=NZ)
 
     return step
 
