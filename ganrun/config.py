@@ -165,12 +165,17 @@ class SampleConfig:
     device: Device = Device.auto
     # Conditional checkpoints: one row per listed class (labels=[0,1,2]); null = every class in turn.
     labels: Optional[list[int]] = None
-    # Super-resolution checkpoints: every image of input_dir (any size) -> out_dir, same names as PNG,
-    # run in tiles of `tile` LR pixels with `tile_overlap` pixels of context (bounded memory; 0 = whole images).
+    # Image-to-image checkpoints (super-resolution, translation): every image of input_dir (any size)
+    # -> out_dir, same names as PNG, run in tiles of `tile` input pixels with `tile_overlap` pixels of
+    # context (bounded memory; 0 = whole images; null = the task's default: 128/32 for
+    # super-resolution, 1024/64 for translation, whose networks see whole training crops).
     input_dir: Optional[str] = None
     out_dir: Optional[str] = None
-    tile: int = 128
-    tile_overlap: int = 32
+    tile: Optional[int] = None
+    tile_overlap: Optional[int] = None
+    # Translation checkpoints: which way to translate input_dir (AtoB or BtoA; null = AtoB). CycleGAN
+    # has both generators; pix2pix only AtoB.
+    direction: Optional[str] = None
 
 
 @dataclass
@@ -211,8 +216,8 @@ class EvalConfig:
     # measuring (null = the scale, as BasicSR), and tiled inference as in `ganrun sample`.
     dataset: SREvalDataset = field(default_factory=SREvalDataset)
     crop_border: Optional[int] = None
-    tile: int = 128
-    tile_overlap: int = 32
+    tile: Optional[int] = None  # null = the task's default (as `ganrun sample`)
+    tile_overlap: Optional[int] = None
 
 
 def register_schemas() -> None:

@@ -5,7 +5,7 @@ size. Pure functions on tensors, nothing read from disk.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,16 @@ def mod_crop(image: torch.Tensor, scale: int) -> torch.Tensor:
     height, width = image.shape[-2:]
     return image[..., : height - height % scale, : width - width % scale]
 
+
+
+def check_tiles(tile: Optional[int], overlap: Optional[int], *, default_tile: int, default_overlap: int) -> tuple[int, int]:
+    """(tile, overlap) for `tiled` from the `tile=`/`tile_overlap=` settings, None meaning the
+    task's default. Raises GanrunError for negative values."""
+    tile = default_tile if tile is None else tile
+    overlap = default_overlap if overlap is None else overlap
+    if tile < 0 or overlap < 0:
+        raise GanrunError(f"tile and tile_overlap must be >= 0 (or null for the default), got {tile} and {overlap}")
+    return tile, overlap
 
 
 def tiled(upscale: Callable[[torch.Tensor], torch.Tensor], lr: torch.Tensor, *, scale: int, tile: int,

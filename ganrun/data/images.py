@@ -85,6 +85,12 @@ class ImageData:
         that no longer decode are skipped like everywhere else (`readable_images`)."""
         return torch.stack(list(self.readable_images(count))).float().div(127.5).sub(1.0)
 
+    def grid_examples(self, count: int) -> dict[str, torch.Tensor]:
+        """The fixed data examples of sample grids, as keyword arguments of the recipe's
+        `grid_inputs` (recipes with `grid_shows_reconstructions`): the first `count` images as
+        `real`. Data of pairs (ganrun/data/translation.py) returns its own keys (`A`, `B`)."""
+        return {"real": self.first_images(count)}
+
     def readable_images(self, count: int) -> Iterator[torch.Tensor]:
         """The first `count` images as uint8 (C, R, R), in order. Streamed files that fail to decode
         (cut short after the header check, changed on disk since) are skipped, the next file taking

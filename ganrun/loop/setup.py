@@ -449,11 +449,12 @@ def _hardware(trainer: DictConfig, context: distributed.DistributedContext) -> t
 
 
 def _grid(recipe: Recipe, data: ImageData, *, size: int, seed: int) -> dict[str, torch.Tensor]:
-    """The fixed inputs of every sample grid: latents from `seed`, and for recipes with an encoder
-    the dataset's first `size` images as the originals."""
+    """The fixed inputs of every sample grid: latents from `seed`, and for recipes whose grids
+    show data (encoders, super-resolution, translation) the dataset's fixed examples
+    (`ImageData.grid_examples`: its first `size` images, or pairs)."""
     generator = torch.Generator().manual_seed(seed)
     if recipe.grid_shows_reconstructions:
-        return recipe.grid_inputs(size, generator=generator, real=data.first_images(size))
+        return recipe.grid_inputs(size, generator=generator, **data.grid_examples(size))
     return recipe.grid_inputs(size, generator=generator)
 
 

@@ -13,8 +13,11 @@ from typing import Any, Callable, ClassVar, Optional
 
 import torch
 from omegaconf import DictConfig
+from PIL import Image
 
-from ganrun.errors import GanrunError, ShouldAbort
+from ganrun.data.images import list_images, warn
+from ganrun.data.paired_sr import read_image
+from ganrun.errors import GanrunError, ShouldAbort, check_abort
 from ganrun.files import atomic_write_text
 from ganrun.loop.checkpoint import run_dir_of
 
@@ -123,6 +126,42 @@ class Evaluator:
 def _takes_should_abort(method: Callable) -> bool:
     parameters = inspect.signature(method).parameters
     return "should_abort" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def map_folder(function: Callable[[torch.Tensor], torch.Tensor], *, input_dir: str, out_dir: str, channels: int,
+               alpha_background: Any = "white", verb: str = "processing",
+               should_abort: Optional[ShouldAbort] = None) -> list[Path]:
+    """`function` (uint8 (C, H, W) -> uint8 (C', H', W')) on every image under `input_dir`, any
+    size, written to `out_dir` as PNG with the same relative name. Images are decoded by ganrun's
+    one policy (upright, 8-bit, transparency onto `alpha_background`; ganrun/data/decode.py);
+    unreadable files are skipped and counted in one warning. `should_abort()` true before an
+    image raises SideWorkInterrupted. Raises GanrunError for a missing or empty input_dir and for
+    out_dir = input_dir (inputs are never overwritten)."""
+    folder, target = Path(input_dir).expanduser(), Path(out_dir).expanduser()
+    if not folder.is_dir():
+        raise GanrunError(f"input_dir={input_dir!r} is not a folder of images")
+    files = list_images(folder)
+    if not files:
+        raise GanrunError(f"input_dir={input_dir!r} holds no images")
+    if target.resolve() == folder.resolve():
+        raise GanrunError(f"out_dir={out_dir!r} is input_dir: pick another folder, inputs are never overwritten")
+    written, unreadable = [], []
+    for path in files:
+        check_abort(should_abort, f"{verb} ({len(written)} of {len(files)} images written to {target})")
+        try:
+            image = read_image(path, channels=channels, alpha_background=alpha_background)
+        except GanrunError:  # one bad file of many: skipped and counted, as every reader does
+            unreadable.append(path)
+            continue
+        output = function(image)
+        out = (target / path.relative_to(folder)).with_suffix(".png")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(output.permute(1, 2, 0).squeeze(-1).numpy()).save(out)
+        written.append(out)
+    if unreadable:
+        examples = ", ".join(str(path) for path in unreadable[:3])
+        warn(f"skipped {len(unreadable)} of {len(files)} images that could not be read (e.g. {examples})")
+    return written
 
 
 def record_result(path: Path, result: dict, *, values: dict) -> None:

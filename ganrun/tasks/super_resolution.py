@@ -12,14 +12,12 @@ from typing import Any, ClassVar, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig
-from PIL import Image
 
 from ganrun.config import choice
-from ganrun.data.images import list_images, warn
-from ganrun.data.paired_sr import Pair, load_pairs, read_image
+from ganrun.data.paired_sr import Pair, load_pairs
 from ganrun.errors import GanrunError, ShouldAbort, check_abort
 from ganrun.hardware import choose_device
-from ganrun.imaging import bicubic_upscale, tiled, to_float, to_uint8
+from ganrun.imaging import bicubic_upscale, check_tiles, tiled, to_float, to_uint8
 from ganrun.loop.checkpoint import load_checkpoint
 from ganrun.loop.rebuild import rebuild_from_checkpoint
 from ganrun.metrics.image_quality import (
@@ -31,7 +29,7 @@ from ganrun.metrics.image_quality import (
     measure,
     perceptual_distance_or_reason,
 )
-from ganrun.tasks.base import Evaluator, Task, record_result
+from ganrun.tasks.base import Evaluator, Task, map_folder, record_result
 
 # helpers
 
@@ -65,6 +63,11 @@ def measure_pairs(recipe, G: torch.nn.Module, pairs: Sequence[Pair], *, border: 
     return rows
 
 
+def tile_settings(cfg: DictConfig) -> tuple[int, int]:
+    """(tile, overlap) in LR pixels from `tile=`/`tile_overlap=`; null = 128 and 32. Raises GanrunError."""
+    return check_tiles(cfg.tile, cfg.tile_overlap, default_tile=128, default_overlap=32)
+
+
 def check_border(border: Optional[int], scale: int) -> int:
     border = scale if border is None else border
     if border < 0:
@@ -77,36 +80,16 @@ def check_border(border: Optional[int], scale: int) -> int:
 def super_resolve_folder(recipe, G: torch.nn.Module, *, input_dir: str, out_dir: str, channels: int,
                          device: torch.device, tile: int, overlap: int, alpha_background: Any = "white",
                          should_abort: Optional[ShouldAbort] = None) -> list[Path]:
-    """Every image under `input_dir` (any size), decoded by ganrun's one policy (upright, 8-bit,
-    transparency onto `alpha_background`), super-resolved tile by tile into `out_dir` as PNG with
-    the same relative name. Unreadable files are skipped and counted in one warning.
-    `should_abort()` true before an image raises SideWorkInterrupted."""
-    folder, target = Path(input_dir).expanduser(), Path(out_dir).expanduser()
-    if not folder.is_dir():
-        raise GanrunError(f"input_dir={input_dir!r} is not a folder of images")
-    files = list_images(folder)
-    if not files:
-        raise GanrunError(f"input_dir={input_dir!r} holds no images")
-    if target.resolve() == folder.resolve():
-        raise GanrunError(f"out_dir={out_dir!r} is input_dir: pick another folder, inputs are never overwritten")
-    written, unreadable = [], []
-    for path in files:
-        check_abort(should_abort, f"super-resolving ({len(written)} of {len(files)} images written to {target})")
-        try:
-            image = read_image(path, channels=channels, alpha_background=alpha_background)
-        except GanrunError:  # one bad file of many: skipped and counted, as every reader does
-            unreadable.append(path)
-            continue
+    """Every image under `input_dir` (any size) super-resolved tile by tile into `out_dir` as PNG
+    with the same relative name (`map_folder`: decoding policy, skipped files, interruption)."""
+
+    def upscale(image: torch.Tensor) -> torch.Tensor:
         lr = to_float(image).unsqueeze(0).to(device)
-        sr = tiled(lambda x: recipe.super_resolve(G, x), lr, scale=recipe.scale, tile=tile, overlap=overlap)
-        out = (target / path.relative_to(folder)).with_suffix(".png")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(to_uint8(sr[0]).permute(1, 2, 0).squeeze(-1).cpu().numpy()).save(out)
-        written.append(out)
-    if unreadable:
-        examples = ", ".join(str(path) for path in unreadable[:3])
-        warn(f"skipped {len(unreadable)} of {len(files)} images that could not be read (e.g. {examples})")
-    print(f"wrote {len(written)} images (x{recipe.scale}) to {target}")
+        return to_uint8(tiled(lambda x: recipe.super_resolve(G, x), lr, scale=recipe.scale, tile=tile, overlap=overlap)[0]).cpu()
+
+    written = map_folder(upscale, input_dir=input_dir, out_dir=out_dir, channels=channels,
+                         alpha_background=alpha_background, verb="super-resolving", should_abort=should_abort)
+    print(f"wrote {len(written)} images (x{recipe.scale}) to {Path(out_dir).expanduser()}")
     return written
 
 
@@ -136,7 +119,8 @@ def evaluate_sr_checkpoint(path, cfg, *, device: torch.device, perceptual: Optio
     pairs = load_pairs(hr_dir=hr_dir, lr_dir=lr_dir, lr_name=lr_name, hr_name=hr_name, scale=recipe.scale,
                        channels=dataset.channels, alpha_background=dataset.get("alpha_background", "white"))
     start = time.perf_counter()
-    rows = measure_pairs(recipe, G, pairs, border=border, device=device, tile=cfg.tile, overlap=cfg.tile_overlap,
+    tile, overlap = tile_settings(cfg)
+    rows = measure_pairs(recipe, G, pairs, border=border, device=device, tile=tile, overlap=overlap,
                          perceptual=perceptual, should_abort=should_abort)
     lr_source = f"{lr_dir} ({lr_name})" if lr_dir is not None else f"bicubic downscaling of {hr_dir} (torch, antialiased)"
     protocol = {
@@ -224,10 +208,9 @@ class SuperResolutionTask(Task):
                 f"{'is' if ' and ' not in missing else 'are'} missing; run ganrun sample ckpt={cfg.ckpt} "
                 "input_dir=LR_FOLDER out_dir=SR_FOLDER (n=, out= and interpolate= are for generation checkpoints)"
             )
-        if cfg.tile < 0 or cfg.tile_overlap < 0:
-            raise GanrunError(f"tile and tile_overlap must be >= 0, got {cfg.tile} and {cfg.tile_overlap}")
+        tile, overlap = tile_settings(cfg)
         recipe, G, config = rebuild_from_checkpoint(path, device=device, use_ema=cfg.ema)
         return super_resolve_folder(recipe, G, input_dir=cfg.input_dir, out_dir=cfg.out_dir, channels=config.dataset.channels,
-                                    device=device, tile=cfg.tile, overlap=cfg.tile_overlap,
+                                    device=device, tile=tile, overlap=overlap,
                                     alpha_background=config.dataset.get("alpha_background", "white"),
                                     should_abort=should_abort)
