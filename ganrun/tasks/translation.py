@@ -340,6 +340,17 @@ class TranslationTask(Task):
         if cfg.eval.every:
             check_metrics(cfg.eval.metrics, paired=True)  # the data's kind is checked again with the data
 
+    def check_run(self, *, data: Any, recipe: Any, dataset_name: str, model_target: str) -> None:
+        """As every task, and a recipe that needs aligned pairs (pix2pix: `data_kinds`) refuses
+        unpaired domains."""
+        super().check_run(data=data, recipe=recipe, dataset_name=dataset_name, model_target=model_target)
+        kinds = getattr(recipe, "data_kinds", self.data_kinds)
+        if data.kind not in kinds:
+            raise GanrunError(
+                f"model {model_target} trains on {' or '.join(kinds)} data, and dataset={dataset_name} is {data.kind}; "
+                "use dataset=paired (aligned pairs), or model=cyclegan for unpaired domains"
+            )
+
     def training_evaluator(self, *, settings: DictConfig, data: Any, dataset_cfg: dict,
                            device: torch.device) -> Evaluator:
         return TranslationEvaluator(settings=settings, split=data.test_split(), device=device)
