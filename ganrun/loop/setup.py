@@ -118,9 +118,15 @@ def initialize_generator(recipe: Recipe, init_from: str) -> None:
         ) from None
 
 
-def _build_data(cfg: DictConfig) -> ImageData:
+def _build_data(cfg: DictConfig, task: Any) -> ImageData:
+    """The dataset's loader, then the task's own preparation of it (`Task.prepare_data`: e.g.
+    inpainting adds masks), from the `dataset.*` keys the task owns (`Task.dataset_keys`)."""
     # `source` is what the loader reports back (recorded in the config), not one of its arguments.
-    data: ImageData = build(OmegaConf.masked_copy(cfg.dataset, [k for k in cfg.dataset if k != "source"]))
+    owned = set(task.dataset_keys) | {"source"}
+    data: ImageData = build(OmegaConf.masked_copy(cfg.dataset, [k for k in cfg.dataset if k not in owned]))
+    settings = OmegaConf.to_container(OmegaConf.masked_copy(cfg.dataset, [k for k in task.dataset_keys if k in cfg.dataset]),
+                                      resolve=True)
+    data = task.prepare_data(data, settings=settings)
     with open_dict(cfg):
         cfg.dataset.source = data.source
     return data
@@ -478,7 +484,7 @@ def build_run(cfg: DictConfig, *, run_dir: Path, overrides: list[str] = ()) -> R
     seed_everything(trainer.seed)
 
     task = task_of(cfg)
-    data = _build_data(cfg)
+    data = _build_data(cfg, task)
     recipe: Recipe = build(cfg.model, loss=build(cfg.loss), optim=build(cfg.optim))
     task.check_run(data=data, recipe=recipe, dataset_name=str(cfg.dataset.get("name")), model_target=str(cfg.model._target_))
     # What the real data looks like in plots of 2-D outputs (toy mixtures: their mode centres).

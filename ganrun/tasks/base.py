@@ -37,7 +37,16 @@ class Task:
         if name is not None and name != self.name:
             raise GanrunError(f"task.name={name!r} does not match {type(self).__name__} ({self.name!r}); pick task={self.name}")
 
+    # `dataset.*` keys this task reads itself rather than the dataset's loader (inpainting's
+    # masks, mask_ratio, mask_dir); conf/task/NAME.yaml puts their defaults into `dataset`.
+    dataset_keys: ClassVar[tuple[str, ...]] = ()
+
     # training
+
+    def prepare_data(self, data: Any, *, settings: dict) -> Any:
+        """The training data as this task trains on it, from the loader's `data` and the values
+        of `dataset_keys` (`settings`); by default `data` itself. Raises GanrunError."""
+        return data
 
     def check_config(self, cfg: DictConfig) -> None:
         """Reject settings this task cannot honour (eval.metrics, eval.best_metric), before any
