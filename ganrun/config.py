@@ -176,6 +176,9 @@ class SampleConfig:
     # Translation checkpoints: which way to translate input_dir (AtoB or BtoA; null = AtoB). CycleGAN
     # has both generators; pix2pix only AtoB.
     direction: Optional[str] = None
+    # Inpainting checkpoints: a folder of masks matched to input_dir's images by file stem (white >= 128
+    # = fill; an image's transparent pixels are holes too). null = holes from the alpha channel alone.
+    mask_dir: Optional[str] = None
 
 
 @dataclass

@@ -56,6 +56,19 @@ def mod_crop(image: torch.Tensor, scale: int) -> torch.Tensor:
 
 
 
+def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
+    """(N, C, H, W) padded at the bottom/right to multiples of `multiple` (fully convolutional
+    networks with stride-2 stages need them): reflected where the image is larger than the
+    padding (no hard edge for the network to see), else replicated (reflection cannot pad more
+    than the image holds). Crop the output back with [..., :H, :W]."""
+    height, width = images.shape[-2:]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if not pad_h and not pad_w:
+        return images
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(images, (0, pad_w, 0, pad_h), mode=mode)
+
+
 def check_tiles(tile: Optional[int], overlap: Optional[int], *, default_tile: int, default_overlap: int) -> tuple[int, int]:
     """(tile, overlap) for `tiled` from the `tile=`/`tile_overlap=` settings, None meaning the
     task's default. Raises GanrunError for negative values."""

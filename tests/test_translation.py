@@ -17,8 +17,9 @@ from PIL import Image
 from test_cli import assert_one_line_error
 from test_sr import ssim_by_hand
 
+from ganrun.imaging import pad_to_multiple
 from ganrun.loop.checkpoint import load_checkpoint
-from ganrun.tasks.translation import measure_split, pad_to_multiple, translate_any_size
+from ganrun.tasks.translation import measure_split, translate_any_size
 
 SIZE = 32
 

@@ -14,6 +14,8 @@ and its parameters (`ganrun/data/translation.py` calls `Degradation(spec, channe
 | `blur` | isotropic Gaussian blur, sigma drawn per image | `sigma` [0.5, 2.0] pixels |
 | `noise` | additive Gaussian noise per pixel and channel, sigma drawn per image | `sigma` [5, 25] (8-bit levels) |
 | `jpeg` | JPEG compression round trip (PIL/libjpeg), quality drawn per image | `quality` [30, 90] |
+| `motion_blur` | linear motion blur (kornia), odd length and angle drawn per image | `length` [3, 9] pixels, `angle` [0, 180] degrees |
+| `scratches` | thin bright or dark strokes across the image (old-print scratches) | `count` [1, 4] per image, `width` [1, 2] pixels |
 
 Every maker also takes `p` (1.0): the probability that an image gets it. A range `[low, high]`
 is drawn uniformly per image (integers for `quality`); a single number fixes the value.
@@ -25,8 +27,8 @@ values per image whether or not `p` fires. An image's input therefore depends on
 generator only, never on the rest of its batch, and a resumed run makes the same inputs.
 Results are uint8 after every step, as if each degradation were saved to a file.
 
-Adding a maker (the restoration issue: motion blur, scratches): a `Maker` subclass with its
-`name`, its parameters as fields and `make`, plus an entry in `MAKERS`; the call sites do not change.
+Adding a maker: a `Maker` subclass with its `name`, its parameters as fields and `make`, plus an
+entry in `MAKERS`; the call sites do not change.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import numpy as np
 import scipy.ndimage
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from ganrun.errors import GanrunError
 
@@ -272,8 +274,84 @@ class Jpeg(Maker):
         return torch.stack([_jpeg_round_trip(image, quality) for image, quality in zip(images, qualities)])
 
 
+@dataclass(frozen=True, kw_only=True)
+class MotionBlur(Maker):
+    """Linear motion blur (camera shake along a straight line): kornia.filters.motion_blur, a
+    line kernel of `length` pixels (odd, drawn uniformly per image from the odd integers of the
+    range) at an angle drawn uniformly per image from `angle` (degrees, anti-clockwise), the
+    streak symmetric about each pixel (direction 0), reflected at the borders. The linear kernel
+    is the usual synthetic stand-in for shake (DeblurGAN, Kupyn et al. 2018, draws longer random
+    trajectories); lengths are in pixels of the image as it is, so 3-9 is mild to strong at 64 px."""
+
+    name: ClassVar[str] = "motion_blur"
+    length: Range = (3, 9)
+    angle: Range = (0.0, 180.0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        length = _range(self.length, key=f"{self.key}.length", low=1, high=101, integer=True)
+        if not any(int(value) % 2 for value in range(int(length[0]), int(length[1]) + 1)):
+            raise GanrunError(f"{self.key}.length={self.length!r} holds no odd length; e.g. [3, 9]")
+        object.__setattr__(self, "length", length)
+        object.__setattr__(self, "angle", _range(self.angle, key=f"{self.key}.angle", low=-360, high=360))
+
+    def make(self, images: torch.Tensor, generators: Sequence[np.random.Generator]) -> torch.Tensor:
+        odd = [value for value in range(int(self.length[0]), int(self.length[1]) + 1) if value % 2]
+        made = []
+        for image, generator in zip(images, generators):
+            length = odd[int(generator.integers(len(odd)))]
+            angle = _draw(generator, self.angle)
+            length = min(length, 2 * ((min(image.shape[-2:]) - 1) // 2) - 1)  # reflect padding needs a smaller radius
+            if length < 3:  # a 1-pixel line, or an image too small for any streak
+                made.append(image)
+                continue
+            blurred = kornia.filters.motion_blur(image.float().unsqueeze(0), length, angle, 0.0, border_type="reflect")
+            made.append(_to_uint8(blurred[0]))
+        return torch.stack(made)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scratches(Maker):
+    """Synthetic scratches of old prints: `count` thin strokes per image (drawn uniformly from the
+    integers of the range), each a gently bent line (3 points) of `width` pixels across 30-100 %
+    of the image, bright (gray level 200-255) or dark (0-55) with probability 1/2, replacing the
+    pixels it covers in every channel. Everything is drawn from the image's generator, so the
+    scratches are a function of it alone. (Restoration papers synthesize such defects as random
+    curves, e.g. Wan et al. 2020, "Bringing Old Photos Back to Life"; this is a simple version.)"""
+
+    name: ClassVar[str] = "scratches"
+    count: Range = (1, 4)
+    width: Range = (1, 2)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "count", _range(self.count, key=f"{self.key}.count", low=0, high=100, integer=True))
+        object.__setattr__(self, "width", _range(self.width, key=f"{self.key}.width", low=1, high=64, integer=True))
+
+    def make(self, images: torch.Tensor, generators: Sequence[np.random.Generator]) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        made = images.clone()
+        for image, generator in zip(made, generators):
+            canvas = Image.new("I", (width, height), 0)  # 0 = untouched, 1 + level = scratched with that level
+            draw = ImageDraw.Draw(canvas)
+            for _ in range(int(generator.integers(int(self.count[0]), int(self.count[1]) + 1))):
+                length = generator.uniform(0.3, 1.0) * math.hypot(width, height)
+                angle = generator.uniform(0, math.pi)
+                cx, cy = generator.uniform(0, width), generator.uniform(0, height)
+                dx, dy = math.cos(angle) * length / 2, math.sin(angle) * length / 2
+                bend = generator.normal(0, 0.05) * length  # the middle point off the straight line
+                middle = (cx - math.sin(angle) * bend, cy + math.cos(angle) * bend)
+                level = int(generator.integers(200, 256)) if generator.random() < 0.5 else int(generator.integers(0, 56))
+                stroke = int(generator.integers(int(self.width[0]), int(self.width[1]) + 1))
+                draw.line([(cx - dx, cy - dy), middle, (cx + dx, cy + dy)], fill=1 + level, width=stroke)
+            marks = torch.from_numpy(np.asarray(canvas).astype(np.int16))  # PIL's 32-bit integer canvas
+            scratched = marks > 0
+            image[:, scratched] = (marks[scratched] - 1).to(torch.uint8)
+        return made
+
+
 # The names `dataset.make_a` accepts.
-MAKERS: dict[str, type[Maker]] = {maker.name: maker for maker in (Edges, Grayscale, Blur, Noise, Jpeg)}
+MAKERS: dict[str, type[Maker]] = {maker.name: maker for maker in (Edges, Grayscale, Blur, Noise, Jpeg, MotionBlur, Scratches)}
 
 
 class Degradation:

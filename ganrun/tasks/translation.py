@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterator, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from ganrun.config import build, choice
@@ -30,7 +29,7 @@ from ganrun.data.images import ImageData
 from ganrun.errors import GanrunError, ShouldAbort, check_abort
 from ganrun.files import cache_dir
 from ganrun.hardware import choose_device
-from ganrun.imaging import check_tiles, tiled, to_float, to_uint8
+from ganrun.imaging import check_tiles, pad_to_multiple, tiled, to_float, to_uint8
 from ganrun.loop.checkpoint import load_checkpoint, run_dir_of
 from ganrun.loop.rebuild import rebuild_from_checkpoint
 from ganrun.metrics.fidelity import FeatureExtractor, as_rgb, cautions, compute_metrics
@@ -46,16 +45,6 @@ BATCH = 16  # test images translated at once (all are crop_size squares)
 
 # helpers
 
-
-def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
-    """(N, C, H, W) padded at the bottom/right to multiples of `multiple`: reflected where the
-    image is larger than the padding (no hard edge for the network to see), else replicated."""
-    height, width = images.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
-    if not pad_h and not pad_w:
-        return images
-    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-    return F.pad(images, (0, pad_w, 0, pad_h), mode=mode)
 
 
 def translate_any_size(recipe: Any, G: torch.nn.Module, images: torch.Tensor, *, direction: str, tile: int,
