@@ -49,8 +49,9 @@ def test_train_help_is_hydras_with_our_groups(capsys):
     code, out, _ = cli(capsys, "train", "--help")
     assert code == 0
     assert "== Configuration groups ==" in out
-    assert "dataset: celeba, cifar10, fashion_mnist, grid25, image_folder, mnist, paired_sr, ring8" in out
-    assert "model: bigan, dcgan, mlp, sagan, sngan, srgan, srresnet, vae, wgan" in out
+    assert "dataset: celeba, cifar10, fashion_mnist, grid25, image_folder, mnist, paired, paired_sr, ring8, unpaired" in out
+    assert "model: bigan, cyclegan, dcgan, inpaint, mlp, pix2pix, sagan, sngan, srgan, srresnet, vae, wgan" in out
+    assert "task: generation, inpainting, super_resolution, translation" in out
     assert "loss: bce, hinge, lsgan, minimax, wgan, wgan_gp" in out
 
 
@@ -66,7 +67,7 @@ def test_cfg_job_prints_the_composed_config(capsys):
 @pytest.mark.parametrize(
     "args, fragments",
     [
-        (["model=stylegan9"], ["unknown model 'stylegan9'", "choose one of: bigan, dcgan, mlp, sagan"]),
+        (["model=stylegan9"], ["unknown model 'stylegan9'", "choose one of: bigan, cyclegan, dcgan, inpaint, mlp, pix2pix, sagan"]),
         (["dataset=imagenet"], ["unknown dataset 'imagenet'", "mnist"]),
         (["optim.lr=-0.1"], ["optim.lr must be > 0, got -0.1"]),
         (["optim.D.lr=0"], ["optim.D.lr must be > 0, got 0"]),

@@ -257,3 +257,9 @@ def test_pix2pix_on_unpaired_data_and_unpaired_psnr_are_one_line_errors(horse2ze
     code, _, err = cli(capsys, "train", *cyclegan(horse2zebra), "eval.every=2", "eval.metrics=[psnr]",
                        "eval.best_metric=psnr", "hydra.run.dir=" + str(tmp_path / "b"))
     assert_one_line_error(code, err, "unpaired", "psnr")
+
+
+def test_a_translation_model_on_a_dataset_of_another_kind_is_a_one_line_error(capsys, tmp_path):
+    code, _, err = cli(capsys, "train", "model=pix2pix", "hydra.run.dir=" + str(tmp_path / "run"))
+    assert_one_line_error(code, err, "dataset.crop_size", "dataset=mnist", "dataset=paired")
+    assert not (tmp_path / "run").exists()

@@ -160,6 +160,8 @@ def test_every_option_of_every_group_composes_and_builds(group):
             overrides.append("dataset.root=/photos")
         if (group, option) in (("dataset", "paired_sr"), ("model", "srresnet"), ("model", "srgan")):
             overrides += ["dataset=paired_sr", "dataset.hr_dir=/photos"]  # SR models read dataset.scale
+        if (group, option) in (("model", "pix2pix"), ("model", "cyclegan")):  # translation models read dataset.crop_size
+            overrides += ["dataset=paired" if option == "pix2pix" else "dataset=unpaired", "dataset.root=/photos"]
         cfg = compose_train(overrides)
         assert cfg.trainer.batch_size >= 1
         if group in ("model", "loss", "optim"):

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf.errors import InterpolationKeyError
 from torch import nn
 
 from ganrun.config import AlarmSettings, TrainConfig, build, choice, to_plain, validate_train_config
@@ -35,7 +36,22 @@ def validate_run_config(cfg: DictConfig) -> None:
     """Every check that needs no data or network: the loop's values, then the task's own
     (eval metrics it can measure). Raises GanrunError with the key and the fix."""
     validate_train_config(cfg)
+    _check_model_reads_the_dataset(cfg)
     task_of(cfg).check_config(cfg)
+
+
+def _check_model_reads_the_dataset(cfg: DictConfig) -> None:
+    """A model option interpolates dataset keys (`${dataset.crop_size}`); a dataset of another
+    kind lacks them. One line naming the key and the fix, before any data is read."""
+    try:
+        OmegaConf.to_container(cfg.model, resolve=True)
+    except InterpolationKeyError as error:
+        missing = str(error).split("'")[1] if "'" in str(error) else "a dataset key"
+        raise GanrunError(
+            f"model {cfg.model.get('_target_', '?')} reads {missing}, which dataset={cfg.dataset.get('name')} "
+            "does not set: pick a dataset of this model's kind (pix2pix: dataset=paired, cyclegan: dataset=unpaired, "
+            "SR models: dataset=paired_sr), or an experiment= that pairs them"
+        ) from None
 
 
 def merge_resume_config(saved: dict, composed: DictConfig, overrides: list[str]) -> DictConfig:
