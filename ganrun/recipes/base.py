@@ -65,6 +65,21 @@ class Stepper:
         optimizer.zero_grad(set_to_none=True)
 
 
+def add_terms(totals: dict[str, torch.Tensor], prefix: str, terms: dict[str, torch.Tensor], *, share: float) -> None:
+    """Accumulate detached terms as `prefix/name`, each weighted by `share` (a mean over n_critic steps)."""
+    for name, value in terms.items():
+        totals[f"{prefix}/{name}"] = totals.get(f"{prefix}/{name}", 0) + value.detach() * share
+
+
+def clip_weights(network: nn.Module, clip: Optional[float]) -> None:
+    """WGAN's weight clipping (loss=wgan): every parameter of `network` into [-clip, clip]."""
+    if clip is None:
+        return
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.clamp_(-clip, clip)
+
+
 @contextlib.contextmanager
 def frozen(module: nn.Module) -> Iterator[None]:
     """No weight gradients for `module` inside the block (gradients still flow through it).

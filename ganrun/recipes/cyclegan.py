@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganrun.errors import GanrunError
-from ganrun.recipes.base import Stepper, frozen
-from ganrun.recipes.pix2pix import TranslationRecipe, add_terms, check_weight, clip_weights
+from ganrun.recipes.base import Stepper, add_terms, clip_weights, frozen
+from ganrun.recipes.pix2pix import TranslationRecipe, check_weight
 
 # classes
 

@@ -46,7 +46,7 @@ from torch import nn
 
 from ganrun.errors import GanrunError
 from ganrun.losses import WassersteinLoss
-from ganrun.recipes.base import Recipe, Stepper, frozen
+from ganrun.recipes.base import Recipe, Stepper, add_terms, clip_weights, frozen
 from ganrun.recipes.reconstruction import evaluating
 
 # helpers
@@ -95,12 +95,6 @@ def grid_masks(count: int, height: int, width: int, *, generator: torch.Generato
             distance = ((ys - y0 - t * dy) ** 2 + (xs - x0 - t * dx) ** 2).sqrt()
             masks[index, 0][distance <= radius] = 1
     return masks
-
-
-def add_terms(totals: dict[str, torch.Tensor], prefix: str, terms: dict[str, torch.Tensor], *, share: float) -> None:
-    """Accumulate detached terms as `prefix/name`, each weighted by `share` (a mean over n_critic steps)."""
-    for name, value in terms.items():
-        totals[f"{prefix}/{name}"] = totals.get(f"{prefix}/{name}", 0) + value.detach() * share
 
 
 # classes
@@ -199,10 +193,7 @@ class InpaintRecipe(Recipe):
         with stepper.autocast():
             d_terms = self.loss.d_loss(self.critic(D, masks), real, fake, step=stepper.step_index)
         stepper.step("D", d_terms)
-        if self.loss.clip is not None:  # WGAN's weight clipping
-            with torch.no_grad():
-                for parameter in self.networks["D"].parameters():
-                    parameter.clamp_(-self.loss.clip, self.loss.clip)
+        clip_weights(self.networks["D"], self.loss.clip)
         add_terms(totals, "D", d_terms, share=share)
 
     @torch.no_grad()

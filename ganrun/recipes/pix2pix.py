@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganrun.errors import GanrunError
-from ganrun.recipes.base import Recipe, Stepper, frozen
+from ganrun.recipes.base import Recipe, Stepper, add_terms, clip_weights, frozen
 from ganrun.recipes.reconstruction import evaluating
 
 # helpers
@@ -29,21 +29,6 @@ from ganrun.recipes.reconstruction import evaluating
 def check_weight(key: str, value: float) -> None:
     if value < 0:
         raise GanrunError(f"model.{key} must be >= 0, got {value}")
-
-
-def add_terms(totals: dict[str, torch.Tensor], prefix: str, terms: dict[str, torch.Tensor], *, share: float) -> None:
-    """Accumulate detached terms as `prefix/name`, each weighted by `share` (a mean over n_critic steps)."""
-    for name, value in terms.items():
-        totals[f"{prefix}/{name}"] = totals.get(f"{prefix}/{name}", 0) + value.detach() * share
-
-
-def clip_weights(network: nn.Module, clip: Optional[float]) -> None:
-    """WGAN's weight clipping (loss=wgan): every parameter of `network` into [-clip, clip]."""
-    if clip is None:
-        return
-    with torch.no_grad():
-        for parameter in network.parameters():
-            parameter.clamp_(-clip, clip)
 
 
 # classes
