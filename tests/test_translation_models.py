@@ -132,6 +132,22 @@ def test_unet_has_skips_and_dropout_in_the_three_innermost_decoder_blocks():
     assert torch.equal(G.eval()(x), G(x))
 
 
+def test_residual_unet_starts_as_the_identity_and_learns_a_correction():
+    G = UNetGenerator(resolution=32, width=4, residual=True)
+    x = torch.rand(2, 3, 32, 64) * 2 - 1
+    assert torch.equal(G.train()(x), x) and torch.equal(G.eval()(x), x)
+    # the zero-initialised last conv still gets a gradient, so one step moves G off the identity
+    target = torch.zeros_like(x)
+    torch.nn.functional.l1_loss(G.train()(x), target).backward()
+    torch.optim.SGD(G.parameters(), lr=0.1).step()
+    with torch.no_grad():
+        moved = G.eval()(x)
+    assert (moved - target).abs().mean() < (x - target).abs().mean()
+    assert moved.min() >= -1 and moved.max() <= 1  # eval outputs are clamped to the image range
+    with pytest.raises(GanrunError, match="residual=true needs as many input as output channels, got 1 -> 3"):
+        UNetGenerator(resolution=32, in_channels=1, out_channels=3, residual=True)
+
+
 def test_unet_rejects_a_resolution_that_is_not_a_power_of_two():
     with pytest.raises(GanrunError, match="power of two >= 32, got 48"):
         UNetGenerator(resolution=48)

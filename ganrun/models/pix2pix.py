@@ -79,6 +79,17 @@ class UNetGenerator(nn.Module):
     resolution: the training size, a power of two >= 32; num_downs = log2(resolution).
     Input (N, in_channels, H, W) in [-1, 1], H and W multiples of `size_multiple` =
     2**num_downs; output (N, out_channels, H, W) in (-1, 1).
+
+    residual: False (the paper's G) or True for restoration, where input and target differ
+    little: the output is input + U(input) with no tanh and the last conv zero-initialised, so G
+    starts as the identity and learns only the correction (residual learning, Zhang et al. 2017,
+    "Beyond a Gaussian Denoiser", DnCNN). Needs in_channels == out_channels. Training outputs are
+    not clamped (a clamp would stop the gradient at the range ends); eval-mode outputs are
+    clamped to [-1, 1].
+
+    Raises GanrunError for a width or channel count < 1, dropout outside [0, 1), an unknown
+    norm, a resolution that is not a power of two >= 32, or residual with in_channels !=
+    out_channels.
     """
 
     def __init__(
@@ -90,9 +101,16 @@ class UNetGenerator(nn.Module):
         width: int = 64,
         norm: str = "batch",
         dropout: float = 0.5,
+        residual: bool = False,
     ):
         super().__init__()
         check_norm(norm, "model.G.norm")
+        if residual and in_channels != out_channels:
+            raise GanrunError(
+                f"model.G.residual=true needs as many input as output channels, got {in_channels} -> {out_channels}; "
+                "set model.G.residual=false"
+            )
+        self.residual = residual
         if width < 1 or in_channels < 1 or out_channels < 1:
             raise GanrunError(f"model.G.width and the channel counts must be >= 1, got {width}, {in_channels}, {out_channels}")
         if not 0.0 <= dropout < 1.0:
@@ -116,7 +134,9 @@ class UNetGenerator(nn.Module):
             # every decoder block but the innermost reads [skip, block below]: twice its width
             inputs = features if level == innermost else 2 * features
             if level == 0:
-                layers = [nn.ReLU(), nn.ConvTranspose2d(inputs, out_channels, 4, stride=2, padding=1), nn.Tanh()]
+                layers = [nn.ReLU(), nn.ConvTranspose2d(inputs, out_channels, 4, stride=2, padding=1)]
+                if not residual:
+                    layers.append(nn.Tanh())
             else:
                 outputs = widths[level - 1]
                 layers = [nn.ReLU(), nn.ConvTranspose2d(inputs, outputs, 4, stride=2, padding=1, bias=bias),
@@ -125,6 +145,10 @@ class UNetGenerator(nn.Module):
                     layers.append(nn.Dropout(dropout))
             self.up.append(nn.Sequential(*layers))
         init_normal(self)
+        if residual:
+            last = self.up[0][1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -137,7 +161,10 @@ class UNetGenerator(nn.Module):
             # The reference skips LeakyReLU(e) (an in-place activation); the decoder's ReLU makes
             # ReLU(LeakyReLU(e)) = ReLU(e), so skipping e itself is the same network.
             h = self.up[level](torch.cat([skips[level], h], dim=1))
-        return h
+        if not self.residual:
+            return h
+        restored = images + h
+        return restored if self.training else restored.clamp(-1.0, 1.0)
 
 
 class PatchDiscriminator(nn.Module):

@@ -80,6 +80,30 @@ def clip_weights(network: nn.Module, clip: Optional[float]) -> None:
             parameter.clamp_(-clip, clip)
 
 
+def generator_adversarial(
+    loss: Any, critic: Callable[[torch.Tensor], torch.Tensor], fake: torch.Tensor, *, D: nn.Module, stepper: "Stepper"
+) -> tuple[dict[str, torch.Tensor], Optional[torch.Tensor]]:
+    """G's adversarial terms `loss.g_loss(critic, fake)` with D frozen, under the stepper's autocast.
+
+    Returns (terms, rejected): `rejected` is the share in [0, 1] of fake scores the critic puts
+    below `loss.decision_threshold` (what the saturation alarm reads as stat/D_acc_fake), or None
+    when the loss has no threshold or did not score the fakes exactly once.
+    """
+    fake_scores: list[torch.Tensor] = []
+
+    def watched_critic(images: torch.Tensor) -> torch.Tensor:
+        scores = critic(images)
+        fake_scores.append(scores.detach())
+        return scores
+
+    with frozen(D), stepper.autocast():
+        terms = loss.g_loss(watched_critic, fake, step=stepper.step_index)
+    threshold = loss.decision_threshold
+    if threshold is None or len(fake_scores) != 1:
+        return terms, None
+    return terms, (fake_scores[0].float() < threshold).float().mean()
+
+
 @contextlib.contextmanager
 def frozen(module: nn.Module) -> Iterator[None]:
     """No weight gradients for `module` inside the block (gradients still flow through it).

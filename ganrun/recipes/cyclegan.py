@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganrun.errors import GanrunError
-from ganrun.recipes.base import Stepper, add_terms, clip_weights, frozen
+from ganrun.recipes.base import Stepper, add_terms, clip_weights, generator_adversarial
 from ganrun.recipes.pix2pix import TranslationRecipe, check_weight
 
 # classes
@@ -188,20 +188,13 @@ class CycleGANRecipe(TranslationRecipe):
             rec_B = G(fake_A, direction="AtoB")
             if self.identity:
                 idt_A, idt_B = G(A, direction="BtoA"), G(B, direction="AtoB")
-        fake_scores: list[torch.Tensor] = []
-
-        def adversarial(domain: str, fake: torch.Tensor) -> torch.Tensor:
-            critic = self.critic(D, domain)
-
-            def watched_critic(images: torch.Tensor) -> torch.Tensor:
-                scores = critic(images)
-                fake_scores.append(scores.detach())
-                return scores
-
-            return self.adversarial_weight * sum(self.loss.g_loss(watched_critic, fake, step=stepper.step_index).values())
-
-        with frozen(D), stepper.autocast():
-            g_terms = {"adv_AB": adversarial("B", fake_B), "adv_BA": adversarial("A", fake_A)}
+        g_terms: dict[str, torch.Tensor] = {}
+        rejected: list[torch.Tensor] = []
+        for name, domain, fake in (("adv_AB", "B", fake_B), ("adv_BA", "A", fake_A)):
+            adversarial, share = generator_adversarial(self.loss, self.critic(D, domain), fake, D=D, stepper=stepper)
+            g_terms[name] = self.adversarial_weight * sum(adversarial.values())
+            if share is not None:
+                rejected.append(share)
         # Pixel terms in fp32: means of small absolute differences lose bits in bf16.
         A32, B32 = A.float(), B.float()
         g_terms["cycle_A"] = self.lambda_A * F.l1_loss(rec_A.float(), A32)
@@ -212,9 +205,8 @@ class CycleGANRecipe(TranslationRecipe):
         stepper.step("G", g_terms)
         add_terms(terms, "G", g_terms, share=1.0)
         self._step_D(D, A, B, fake_A, fake_B, stepper, terms, share=1 / steps)
-        if self.loss.decision_threshold is not None and len(fake_scores) == 2:
+        if len(rejected) == 2:
             # For the saturation alarm: the share of fake patches the Ds (before this step's update) call fake.
-            rejected = [(scores.float() < self.loss.decision_threshold).float().mean() for scores in fake_scores]
             terms["stat/D_acc_fake"] = (rejected[0] + rejected[1]) / 2
         return terms
 

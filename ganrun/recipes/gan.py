@@ -14,7 +14,7 @@ from torch import nn
 
 from ganrun.errors import GanrunError
 from ganrun.models.diffaugment import DiffAugment
-from ganrun.recipes.base import Recipe, Stepper, frozen
+from ganrun.recipes.base import Recipe, Stepper, generator_adversarial
 
 
 class GANRecipe(Recipe):
@@ -98,20 +98,10 @@ class GANRecipe(Recipe):
                 self._clip_critic()
             for name, value in d_terms.items():
                 d_totals[name] = d_totals.get(name, 0) + value.detach() / n_critic
-        critic, fake_scores = self.critic(D, labels), []
-
-        def watched_critic(images: torch.Tensor) -> torch.Tensor:
-            scores = critic(images)
-            fake_scores.append(scores.detach())
-            return scores
-
-        with frozen(D), stepper.autocast():
-            g_terms = self.loss.g_loss(watched_critic, fake, step=stepper.step_index)
+        g_terms, rejected = generator_adversarial(self.loss, self.critic(D, labels), fake, D=D, stepper=stepper)
         stepper.step("G", g_terms)
-        stats = {}
-        if self.loss.decision_threshold is not None and len(fake_scores) == 1:
-            # For the saturation alarm: how many fakes the just-updated D calls fake.
-            stats["stat/D_acc_fake"] = (fake_scores[0].float() < self.loss.decision_threshold).float().mean()
+        # For the saturation alarm: how many fakes the just-updated D calls fake.
+        stats = {} if rejected is None else {"stat/D_acc_fake": rejected}
         return {
             **{f"D/{name}": value for name, value in d_totals.items()},
             **{f"G/{name}": value.detach() for name, value in g_terms.items()},

@@ -46,7 +46,7 @@ from torch import nn
 
 from ganrun.errors import GanrunError
 from ganrun.losses import WassersteinLoss
-from ganrun.recipes.base import Recipe, Stepper, add_terms, clip_weights, frozen
+from ganrun.recipes.base import Recipe, Stepper, add_terms, clip_weights, generator_adversarial
 from ganrun.recipes.reconstruction import evaluating
 
 # helpers
@@ -169,23 +169,15 @@ class InpaintRecipe(Recipe):
             out = G(torch.cat([x * (1 - m), m], dim=1))
         x_hat = composite(out, x, m)
         self._step_D(D, x, x_hat.detach(), m, stepper, terms, share=1 / steps)
-        critic, fake_scores = self.critic(D, m), []
-
-        def watched_critic(images: torch.Tensor) -> torch.Tensor:
-            scores = critic(images)
-            fake_scores.append(scores.detach())
-            return scores
-
-        with frozen(D), stepper.autocast():
-            adversarial = self.loss.g_loss(watched_critic, x_hat, step=stepper.step_index)
+        adversarial, rejected = generator_adversarial(self.loss, self.critic(D, m), x_hat, D=D, stepper=stepper)
         g_terms = {"adv" if name == "adv" else f"adv_{name}": self.adversarial_weight * value
                    for name, value in adversarial.items()}
         g_terms["l1_hole"] = self.hole_weight * masked_l1(out, x, m)
         g_terms["l1_valid"] = self.valid_weight * masked_l1(out, x, 1 - m)
         stepper.step("G", g_terms)
         add_terms(terms, "G", g_terms, share=1.0)
-        if self.loss.decision_threshold is not None and len(fake_scores) == 1:
-            terms["stat/D_acc_fake"] = (fake_scores[0].float() < self.loss.decision_threshold).float().mean()
+        if rejected is not None:
+            terms["stat/D_acc_fake"] = rejected
         return terms
 
     def _step_D(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor, masks: torch.Tensor, stepper: Stepper,

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganrun.errors import GanrunError
-from ganrun.recipes.base import Recipe, Stepper, add_terms, clip_weights, frozen
+from ganrun.recipes.base import Recipe, Stepper, add_terms, clip_weights, generator_adversarial
 from ganrun.recipes.reconstruction import evaluating
 
 # helpers
@@ -172,22 +172,14 @@ class Pix2PixRecipe(TranslationRecipe):
         with stepper.autocast():
             fake = G(A)
         self._step_D(D, A, B, fake.detach(), stepper, terms, share=1 / steps)
-        critic, fake_scores = self.critic(D, A), []
-
-        def watched_critic(images: torch.Tensor) -> torch.Tensor:
-            scores = critic(images)
-            fake_scores.append(scores.detach())
-            return scores
-
-        with frozen(D), stepper.autocast():
-            adversarial = self.loss.g_loss(watched_critic, fake, step=stepper.step_index)
+        adversarial, rejected = generator_adversarial(self.loss, self.critic(D, A), fake, D=D, stepper=stepper)
         g_terms = {"adv" if name == "adv" else f"adv_{name}": value for name, value in adversarial.items()}
         # In fp32: a mean of small absolute differences loses bits in bf16.
         g_terms["l1"] = self.lambda_L1 * F.l1_loss(fake.float(), B.float())
         stepper.step("G", g_terms)
         add_terms(terms, "G", g_terms, share=1.0)
-        if self.loss.decision_threshold is not None and len(fake_scores) == 1:
-            terms["stat/D_acc_fake"] = (fake_scores[0].float() < self.loss.decision_threshold).float().mean()
+        if rejected is not None:
+            terms["stat/D_acc_fake"] = rejected
         return terms
 
     def _step_D(self, D: nn.Module, A: torch.Tensor, B: torch.Tensor, fake: torch.Tensor, stepper: Stepper,
