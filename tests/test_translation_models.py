@@ -148,6 +148,18 @@ def test_residual_unet_starts_as_the_identity_and_learns_a_correction():
         UNetGenerator(resolution=32, in_channels=1, out_channels=3, residual=True)
 
 
+def test_full_resolution_level_keeps_the_unet_fully_convolutional_and_residual():
+    G = UNetGenerator(resolution=32, width=4, residual=True, full_res_blocks=2)
+    x = torch.rand(2, 3, 32, 96) * 2 - 1
+    assert torch.equal(G.eval()(x), x)  # still the identity at init
+    assert len(G.stem) == 4 and G.head[0].in_channels == 8  # conv, act, 2 blocks; head reads [stem, U-Net]
+    plain = UNetGenerator(resolution=32, in_channels=1, out_channels=3, width=4, full_res_blocks=1)
+    out = plain(torch.randn(2, 1, 32, 64))
+    assert out.shape == (2, 3, 32, 64) and out.abs().max() <= 1  # tanh out without residual
+    with pytest.raises(GanrunError, match="full_res_blocks must be >= 0, got -1"):
+        UNetGenerator(resolution=32, full_res_blocks=-1)
+
+
 def test_unet_rejects_a_resolution_that_is_not_a_power_of_two():
     with pytest.raises(GanrunError, match="power of two >= 32, got 48"):
         UNetGenerator(resolution=48)
