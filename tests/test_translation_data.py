@@ -346,6 +346,26 @@ def test_both_streams_resume_bit_identically_from_their_small_state(tmp_path):
         assert not same_batches(draw(other_seed, 7), expected)
 
 
+def test_unpaired_stream_converts_both_domains_positions_when_the_batch_size_changes(tmp_path):
+    indexed_folder(tmp_path / "A", 8)
+    indexed_folder(tmp_path / "B", 12, offset=2)
+    data = load_unpaired(a_dir=str(tmp_path / "A"), b_dir=str(tmp_path / "B"), load_size=20, crop_size=16)
+    stream = data.batches(batch_size=2, seed=0, device=CPU)
+    seen = draw(stream, 3)  # 6 images into A's epoch 0 (of 8), 6 into B's (of 12)
+    state = stream.state_dict()
+    resumed = data.batches(batch_size=4, seed=0, device=CPU)
+    resumed.load_state_dict(state)
+    resumed.rebatch(old_batch_size=2, new_batch_size=4)
+    # ceil(6 / 4) = 2: A's epoch 0 has only 2 batches of 4, so A starts epoch 1; B continues at its batch 2
+    assert resumed.state_dict() == {"A": {"epoch": 0, "position": 2}, "B": {"epoch": 0, "position": 2}}
+    nxt = draw(resumed, 1)[0]
+    b_epoch0 = [value for batch in seen for value in value_of(batch["B"])]
+    assert not set(value_of(nxt["B"])) & set(b_epoch0)  # no image of B's epoch 0 repeated
+    fresh = data.batches(batch_size=4, seed=0, device=CPU)
+    fresh.load_state_dict({"A": {"epoch": 1, "position": 0}, "B": {"epoch": 0, "position": 2}})
+    assert same_batches([nxt], draw(fresh, 1))
+
+
 def test_held_out_images_are_never_trained_on(tmp_path):
     indexed_folder(tmp_path / "b", 10)
     data = load_paired(b_dir=str(tmp_path / "b"), make_a="grayscale", holdout=3, load_size=20, crop_size=16)

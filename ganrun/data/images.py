@@ -761,6 +761,12 @@ class Batches:
         self._loader_iter = None
         self._current = None
 
+    def rebatch(self, *, old_batch_size: int, new_batch_size: int) -> None:
+        """After a resume that changed trainer.batch_size from `old_batch_size` to `new_batch_size`
+        (global sizes; only their ratio matters): the restored position counted old batches;
+        continue at the first new batch that repeats no image of the current epoch."""
+        self.load_state_dict({"epoch": self.epoch, "position": -(-self.position * old_batch_size // new_batch_size)})
+
     def __iter__(self) -> "Batches":
         return self
 

@@ -198,6 +198,11 @@ class MaskedBatches:
     def load_state_dict(self, state: dict) -> None:
         self.stream.load_state_dict(state)
 
+    def rebatch(self, *, old_batch_size: int, new_batch_size: int) -> None:
+        """See Batches.rebatch: the masks follow the image stream's (epoch, position)."""
+        self.stream.rebatch(old_batch_size=old_batch_size, new_batch_size=new_batch_size)
+        self._order = None
+
     def __iter__(self) -> "MaskedBatches":
         return self
 

@@ -342,6 +342,9 @@ class PairedBatches:
     def load_state_dict(self, state: dict) -> None:
         self.position = int(state["position"])
 
+    def rebatch(self, *, old_batch_size: int, new_batch_size: int) -> None:
+        """Nothing to convert: `position` only seeds the next random crops, whatever their number."""
+
     def __iter__(self) -> "PairedBatches":
         return self
 

@@ -269,6 +269,12 @@ class _EpochOrder:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._order = None
 
+    def rebatch(self, *, old_batch_size: int, new_batch_size: int) -> None:
+        """After a resume that changed trainer.batch_size from `old_batch_size` to `new_batch_size`
+        (global sizes; only their ratio matters): the restored position counted old batches;
+        continue at the first new batch that repeats no image of the current epoch."""
+        self.position = -(-self.position * old_batch_size // new_batch_size)
+
 
 def random_crops(
     sides: Sequence[torch.Tensor], indices: Sequence[int], *, crop_size: int, flip: bool, seed: int, domain: int,
@@ -544,6 +550,10 @@ class PairedBatches:
     def load_state_dict(self, state: dict) -> None:
         self.order.load_state_dict(state)
 
+    def rebatch(self, *, old_batch_size: int, new_batch_size: int) -> None:
+        """See _EpochOrder.rebatch."""
+        self.order.rebatch(old_batch_size=old_batch_size, new_batch_size=new_batch_size)
+
     def __iter__(self) -> "PairedBatches":
         return self
 
@@ -728,6 +738,11 @@ class UnpairedBatches:
     def load_state_dict(self, state: dict) -> None:
         for side, order in self.orders.items():
             order.load_state_dict(state[side])
+
+    def rebatch(self, *, old_batch_size: int, new_batch_size: int) -> None:
+        """See _EpochOrder.rebatch: each domain's position is converted on its own."""
+        for order in self.orders.values():
+            order.rebatch(old_batch_size=old_batch_size, new_batch_size=new_batch_size)
 
     def __iter__(self) -> "UnpairedBatches":
         return self

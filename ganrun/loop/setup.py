@@ -271,12 +271,8 @@ def apply_resume_overrides(state: RunState, changes: dict[str, tuple[Any, Any]])
     restored. Everything else a config sets was built from it and kept through the load
     (optimizer hyperparameters: ganrun.recipes.base.Recipe.load_state_dict)."""
     if "trainer.batch_size" in changes:
-        position = state.batches.state_dict()
-        if "epoch" in position:  # Batches: a batch number of this epoch's order -> the same images in new batches
-            old_size, new_size = changes["trainer.batch_size"]
-            images_into_epoch = position["position"] * old_size
-            state.batches.load_state_dict({**position, "position": -(-images_into_epoch // new_size)})
-        # PairedBatches: `position` only seeds the next crops; nothing to convert
+        old_size, new_size = changes["trainer.batch_size"]
+        state.batches.rebatch(old_batch_size=old_size, new_batch_size=new_size)
     if state.evaluator is not None and changes.keys() & {"eval.best_metric", "eval.num_samples", "eval.split", "eval.precision"}:
         state.evaluator.load_state_dict({})
 
