@@ -713,7 +713,50 @@ class _EpochBatches(torch.utils.data.Sampler):
             epoch, position = epoch + 1, 0
 
 
-class Batches:
+class EpochCursor:
+    """Where an endless, epoch-by-epoch batch stream stands: (epoch, batch number of that epoch).
+
+    Each of `world_size` ranks gets count // world_size items an epoch (DistributedSampler's
+    split) cut into batches_per_epoch batches of `batch_size`, the last partial batch dropped.
+    Streams subclass it for the bookkeeping and the resume state; which items a batch holds is
+    theirs. Raises GanrunError (naming `what`) when a rank would not get one batch.
+    """
+
+    def __init__(self, count: int, *, batch_size: int, world_size: int, what: str):
+        per_rank = count // world_size
+        if per_rank < batch_size:
+            raise GanrunError(
+                f"{what} has {count:,} images, fewer than one batch per rank ({batch_size} x {world_size} ranks); "
+                "lower trainer.batch_size"
+            )
+        self.batch_size = batch_size
+        self.batches_per_epoch = per_rank // batch_size
+        self.epoch, self.position = 0, 0
+
+    def peek(self) -> tuple[int, int]:
+        """(epoch, batch number) of the next batch, rolling over at the end of an epoch."""
+        return (self.epoch + 1, 0) if self.position >= self.batches_per_epoch else (self.epoch, self.position)
+
+    def advance(self) -> tuple[int, int]:
+        """(epoch, batch number) of the next batch, and move past it."""
+        self.epoch, position = self.peek()
+        self.position = position + 1
+        return self.epoch, position
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    def rebatch(self, *, old_batch_size: int, new_batch_size: int) -> None:
+        """After a resume that changed trainer.batch_size from `old_batch_size` to `new_batch_size`
+        (global sizes; only their ratio matters): the restored position counted old batches;
+        continue at the first new batch that repeats no image of the current epoch."""
+        self.load_state_dict({"epoch": self.epoch, "position": -(-self.position * old_batch_size // new_batch_size)})
+
+
+class Batches(EpochCursor):
     """Endless, resumable stream of training batches `{"image": float [-1, 1], "label": long}`.
 
     The order depends only on (seed, epoch, rank), so the state to resume is two integers.
@@ -731,17 +774,10 @@ class Batches:
         world_size: int = 1,
         num_workers: int = 2,
     ):
-        self.data, self.batch_size, self.seed = data, batch_size, seed
+        super().__init__(len(data), batch_size=batch_size, world_size=world_size, what="the dataset")
+        self.data, self.seed = data, seed
         self.device, self.channels_last = device, channels_last
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
-        self.epoch, self.position = 0, 0
-        per_rank = len(data) // world_size
-        if per_rank < batch_size:
-            raise GanrunError(
-                f"the dataset has {len(data):,} images, fewer than one batch per rank "
-                f"({batch_size} x {world_size} ranks); lower trainer.batch_size"
-            )
-        self.batches_per_epoch = per_rank // batch_size
         self.images = data.images
         if self.images is not None and device.type == "cuda":
             # Small sets live on the GPU: a batch is then one gather, no host-to-device copy.
@@ -753,35 +789,25 @@ class Batches:
         order = epoch_indices(len(self.data), epoch=epoch, seed=self.seed, rank=self.rank, world_size=self.world_size)
         return order[: self.batches_per_epoch * self.batch_size].view(self.batches_per_epoch, self.batch_size)
 
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        super().load_state_dict(state)
         self._loader_iter = None
         self._current = None
-
-    def rebatch(self, *, old_batch_size: int, new_batch_size: int) -> None:
-        """After a resume that changed trainer.batch_size from `old_batch_size` to `new_batch_size`
-        (global sizes; only their ratio matters): the restored position counted old batches;
-        continue at the first new batch that repeats no image of the current epoch."""
-        self.load_state_dict({"epoch": self.epoch, "position": -(-self.position * old_batch_size // new_batch_size)})
 
     def __iter__(self) -> "Batches":
         return self
 
     def __next__(self) -> dict[str, torch.Tensor]:
-        if self.position >= self.batches_per_epoch:
-            self.epoch, self.position = self.epoch + 1, 0
         if self.images is not None:
-            if self._current is None or self._current[0] != self.epoch:
-                self._current = (self.epoch, self.batch_indices(self.epoch).to(self.images.device))
-            indices = self._current[1][self.position]
+            epoch, position = self.advance()
+            if self._current is None or self._current[0] != epoch:
+                self._current = (epoch, self.batch_indices(epoch).to(self.images.device))
+            indices = self._current[1][position]
             images = self.images[indices]
             labels = self.data.labels[indices.cpu()] if self.data.labels is not None else None
         else:
             images, labels = self._next_streamed(), None
-        self.position += 1
+            self.advance()
         return {"image": self._to_float(images), **({"label": labels.to(self.device)} if labels is not None else {})}
 
     def _next_streamed(self) -> torch.Tensor:

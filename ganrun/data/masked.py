@@ -207,10 +207,7 @@ class MaskedBatches:
         return self
 
     def __next__(self) -> dict[str, torch.Tensor]:
-        # the batch the stream serves next: Batches rolls over to the next epoch at the end of one
-        epoch, position = self.stream.epoch, self.stream.position
-        if position >= self.stream.batches_per_epoch:
-            epoch, position = epoch + 1, 0
+        epoch, position = self.stream.peek()  # the batch the stream serves next
         if self._order is None or self._order[0] != epoch:
             self._order = (epoch, self.stream.batch_indices(epoch))
         indices = self._order[1][position]

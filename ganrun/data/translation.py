@@ -50,7 +50,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ganrun.data.decode import UNREADABLE, AlphaBackground, background_level, open_rgb_or_gray
 from ganrun.data.degrade import Degradation, Spec, degradation_or_none
-from ganrun.data.images import ImageData, list_images, report_transparent, report_unreadable
+from ganrun.data.images import EpochCursor, ImageData, list_images, report_transparent, report_unreadable
 from ganrun.errors import GanrunError
 from ganrun.imaging import to_float
 
@@ -228,22 +228,15 @@ def _size_note(load_size: int, crop_size: int, preprocess: str) -> str:
     return crops + (" centre squares" if preprocess == "center_square" else "")
 
 
-class _EpochOrder:
+class _EpochOrder(EpochCursor):
     """Which images one rank's batches take: epoch by epoch a permutation drawn from (seed,
     domain, epoch), shared by every rank and sliced rank::world_size (DistributedSampler's
     split), cut into batches, the last partial batch dropped. State: (epoch, position)."""
 
     def __init__(self, count: int, *, batch_size: int, seed: int, domain: int, rank: int, world_size: int, what: str):
-        per_rank = count // world_size
-        if per_rank < batch_size:
-            raise GanrunError(
-                f"{what} has {count:,} images, fewer than one batch per rank ({batch_size} x {world_size} ranks); "
-                "lower trainer.batch_size"
-            )
-        self.count, self.batch_size, self.seed, self.domain = count, batch_size, seed, domain
+        super().__init__(count, batch_size=batch_size, world_size=world_size, what=what)
+        self.count, self.seed, self.domain = count, seed, domain
         self.rank, self.world_size = rank, world_size
-        self.batches_per_epoch = per_rank // batch_size
-        self.epoch, self.position = 0, 0
         self._order: Optional[tuple[int, np.ndarray]] = None
 
     def indices(self, epoch: int) -> np.ndarray:
@@ -254,26 +247,15 @@ class _EpochOrder:
 
     def next(self) -> tuple[int, np.ndarray]:
         """(epoch, the next batch's image indices), advancing the position."""
-        if self.position >= self.batches_per_epoch:
-            self.epoch, self.position = self.epoch + 1, 0
-        if self._order is None or self._order[0] != self.epoch:
-            self._order = (self.epoch, self.indices(self.epoch))
-        start = self.position * self.batch_size
-        self.position += 1
-        return self.epoch, self._order[1][start : start + self.batch_size]
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
+        epoch, position = self.advance()
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, self.indices(epoch))
+        start = position * self.batch_size
+        return epoch, self._order[1][start : start + self.batch_size]
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        super().load_state_dict(state)
         self._order = None
-
-    def rebatch(self, *, old_batch_size: int, new_batch_size: int) -> None:
-        """After a resume that changed trainer.batch_size from `old_batch_size` to `new_batch_size`
-        (global sizes; only their ratio matters): the restored position counted old batches;
-        continue at the first new batch that repeats no image of the current epoch."""
-        self.position = -(-self.position * old_batch_size // new_batch_size)
 
 
 def random_crops(
