@@ -122,6 +122,10 @@ class UNetGenerator(nn.Module):
                 f"model.G.residual=true needs as many input as output channels, got {in_channels} -> {out_channels}; "
                 "set model.G.residual=false"
             )
+        if width < 1 or in_channels < 1 or out_channels < 1:
+            raise GanrunError(f"model.G.width and the channel counts must be >= 1, got {width}, {in_channels}, {out_channels}")
+        if not 0.0 <= dropout < 1.0:
+            raise GanrunError(f"model.G.dropout must be in [0, 1), got {dropout}; the paper uses 0.5")
         self.residual = residual
         self.stem: Optional[nn.Sequential] = None
         self.head: Optional[nn.Sequential] = None
@@ -132,10 +136,6 @@ class UNetGenerator(nn.Module):
                                       *[ResidualBlock(width=width, batch_norm=False) for _ in range(full_res_blocks)])
             self.head = nn.Sequential(nn.Conv2d(2 * width, width, 3, padding=1), nn.LeakyReLU(0.2),
                                       nn.Conv2d(width, out_channels, 3, padding=1))
-        if width < 1 or in_channels < 1 or out_channels < 1:
-            raise GanrunError(f"model.G.width and the channel counts must be >= 1, got {width}, {in_channels}, {out_channels}")
-        if not 0.0 <= dropout < 1.0:
-            raise GanrunError(f"model.G.dropout must be in [0, 1), got {dropout}; the paper uses 0.5")
         self.num_downs = num_downs_for(resolution)
         self.size_multiple = self.min_size = 2**self.num_downs
         self.in_channels, self.out_channels = in_channels, out_channels
