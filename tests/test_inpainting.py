@@ -229,10 +229,15 @@ def test_hole_only_metrics_match_hand_computed_values():
     difference = (output - original).astype(np.float64)
     assert values["l1_hole"] == pytest.approx(np.abs(difference[:, hole]).mean() / 255, rel=1e-12)
     assert values["l1"] == pytest.approx(np.abs(difference).mean() / 255, rel=1e-12)
-    assert values["psnr_hole"] == pytest.approx(10 * math.log10(255**2 / (difference[:, hole] ** 2).mean()), rel=1e-12)
-    assert values["psnr"] == pytest.approx(10 * math.log10(255**2 / (difference**2).mean()), rel=1e-12)
+    floor = 255**2 * 1e-8  # the MSE floor that keeps an exact fill at 80 dB instead of inf
+    assert values["psnr_hole"] == pytest.approx(10 * math.log10(255**2 / ((difference[:, hole] ** 2).mean() + floor)),
+                                                rel=1e-12)
+    assert values["psnr"] == pytest.approx(10 * math.log10(255**2 / ((difference**2).mean() + floor)), rel=1e-12)
     # the hole's difference spread over the whole image: whole-image PSNR is higher by 10 log10(pixels / hole)
-    assert values["psnr"] - values["psnr_hole"] == pytest.approx(10 * math.log10(SIZE * SIZE / hole.sum()))
+    assert values["psnr"] - values["psnr_hole"] == pytest.approx(10 * math.log10(SIZE * SIZE / hole.sum()), abs=1e-4)
+    exact = image_values(torch.from_numpy(original.astype(np.uint8)), torch.from_numpy(original.astype(np.uint8)),
+                         torch.from_numpy(hole))
+    assert exact["psnr"] == pytest.approx(80.0) and exact["psnr_hole"] == pytest.approx(80.0)
 
     coords = np.arange(11) - 5
     g = np.exp(-(coords**2) / (2 * 1.5**2))

@@ -13,7 +13,7 @@ checkpoint is measured on the same holes. Per bucket and overall (all buckets' i
 | key | definition (outputs composited in uint8: valid pixels are the original's, bit for bit) |
 |---|---|
 | `l1` / `l1_hole` | mean absolute error / 255 over all pixels and channels / over the hole's pixels and channels |
-| `psnr` / `psnr_hole` | 10 log10(255^2 / MSE), the MSE over the whole image / over the hole's pixels and channels |
+| `psnr` / `psnr_hole` | 10 log10(255^2 / MSE), the MSE over the whole image / over the hole's pixels and channels (at most 80 dB: an exact fill would make means infinite) |
 | `ssim` / `ssim_hole` | SSIM (Wang et al. 2004; torchmetrics, 11x11 Gaussian, sigma 1.5, RGB averaged): the map's mean over windows inside the image (as every ganrun task) / the map (window centred on each pixel, reflect-padded at the border, torchmetrics' full map) averaged over the hole's pixels |
 | `lpips` | LPIPS v0.1 (AlexNet) of the whole composited image, when torchvision's ImageNet AlexNet weights are in the torch hub cache (else one line says why not) |
 | `fid`, `kid_mean` | Inception (torch-fidelity's FID network) features of the composited outputs vs the same held-out originals; overall: every bucket's outputs vs the originals |
@@ -129,8 +129,14 @@ def image_values(output: torch.Tensor, original: torch.Tensor, hole: torch.Tenso
     }
 
 
+# An exact fill (MSE 0, e.g. biharmonic on a flat background) would make PSNR, and every mean it
+# enters, infinite. As pyiqa's psnr (eps 1e-8 on the [0, 1] scale), the MSE gets a floor: at most 80 dB.
+PSNR_MSE_FLOOR = 255.0**2 * 1e-8
+
+
 def _psnr(mse: float) -> float:
-    return 10.0 * math.log10(255.0**2 / mse) if mse > 0 else math.inf
+    """10 log10(255^2 / (MSE + 255^2 * 1e-8)) in dB, at most 80 (MSE on the 0-255 scale)."""
+    return 10.0 * math.log10(255.0**2 / (mse + PSNR_MSE_FLOOR))
 
 
 def _mean(rows: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -259,7 +265,8 @@ def _cell(value: float) -> str:
 def protocol_text(*, lpips: str, inception: Sequence[str]) -> str:
     measured = ("outputs composited in uint8 (valid pixels are the original's, bit for bit); per image on RGB 0-255: "
                 "l1 = mean |output - original| / 255 over all pixels and channels, l1_hole = over the hole's pixels only; "
-                "psnr = 10 log10(255^2 / MSE) over the whole image, psnr_hole = from the MSE over the hole's pixels only; "
+                "psnr = 10 log10(255^2 / MSE) over the whole image, psnr_hole = from the MSE over the hole's pixels only "
+                "(MSE + 255^2 * 1e-8, so an exact fill reads 80 dB, not inf); "
                 "ssim = torchmetrics SSIM (11x11 Gaussian, sigma 1.5) averaged over windows inside the image, ssim_hole = "
                 "its map (window centred on each pixel, reflect-padded at the border) averaged over the hole's pixels; "
                 f"means over images; {lpips}")
