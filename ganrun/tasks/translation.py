@@ -205,7 +205,7 @@ def protocol_of(split: Any, *, extractor: Optional[FeatureExtractor], perceptual
         protocol["measurement"] = (
             "outputs quantized to uint8 (as saved PNGs); PSNR (data range 255) and SSIM (11x11 Gaussian, sigma 1.5, "
             "windows inside the image) from torchmetrics on RGB over the whole image, mean over images; "
-            f"{PerceptualDistance.description if perceptual else lpips_reason}; "
+            f"{perceptual.description if perceptual else lpips_reason}; "
             "input_* = the input image taken as the output (the do-nothing baseline)"
         )
     else:
