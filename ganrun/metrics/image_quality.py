@@ -97,7 +97,7 @@ class PerceptualDistance:
         from torchmetrics.functional.image.lpips import _NoTrainLpips
 
         self.device = device
-        self.description = f"LPIPS v0.1 (AlexNet: {source}; torchmetrics) on the same cropped RGB images in [-1, 1], lower is better"
+        self.description = f"LPIPS v0.1 (AlexNet: {source}; torchmetrics) on the compared RGB images in [-1, 1], lower is better"
         self.model = _NoTrainLpips(net="alex", pnet_rand=backbone is not None)
         if backbone is not None:
             convs = {f"slice{slice_}.{index}": index for slice_, index in zip(range(1, 6), ALEXNET_CONV_INDICES)}
