@@ -101,9 +101,9 @@ class PerceptualDistance:
         self.model = _NoTrainLpips(net="alex", pnet_rand=backbone is not None)
         if backbone is not None:
             convs = {f"slice{slice_}.{index}": index for slice_, index in zip(range(1, 6), ALEXNET_CONV_INDICES)}
+            # strict: the five convs are all the backbone's tensors, so a renamed module fails loudly
             self.model.net.load_state_dict({f"{module}.{kind}": backbone[f"features.{index}.{kind}"]
-                                            for module, index in convs.items() for kind in ("weight", "bias")},
-                                           strict=False)
+                                            for module, index in convs.items() for kind in ("weight", "bias")})
         self.model = self.model.to(device).eval()
 
     @torch.no_grad()
