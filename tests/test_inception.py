@@ -191,3 +191,39 @@ def test_conversion_rejects_a_different_tensor_set(torchscript_path):
     missing_one = {key: value for key, value in source.items() if key != "net.layers.mixed_10.tower_2_conv.var"}
     with pytest.raises(GanrunError, match="1 expected tensors missing"):
         inception._rename_to_torch_fidelity(missing_one, origin="x.pt")
+
+
+def test_folded_batch_norms_give_the_same_features():
+    """torch-fidelity's BasicConv2d (conv -> BN -> ReLU) with BN folded into the conv: same outputs."""
+    from torch_fidelity.feature_extractor_inceptionv3 import BasicConv2d
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(BasicConv2d(3, 8, kernel_size=3), BasicConv2d(8, 16, kernel_size=(1, 7), padding=(0, 3)))
+    for block in network:  # running statistics and affine parameters far from the identity
+        block.bn.running_mean.uniform_(-1, 1)
+        block.bn.running_var.uniform_(0.5, 2)
+        block.bn.weight.data.uniform_(0.5, 1.5)
+        block.bn.bias.data.uniform_(-0.5, 0.5)
+    network.eval().requires_grad_(False)
+    images = torch.randn(2, 3, 17, 17)
+    expected = network(images)
+    assert inception.fold_batch_norms(network) == 2
+    assert all(isinstance(block.bn, torch.nn.Identity) for block in network)
+    assert torch.allclose(network(images), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="inference"):
+        inception.fold_batch_norms(torch.nn.Sequential(BasicConv2d(3, 4, kernel_size=1)).train())
+
+
+def test_feature_extractor_folds_and_keeps_the_features(offline):
+    """FID's extractor runs the folded network: the unfolded one gives the same 2048-d features."""
+    from ganrun.metrics.fidelity import FeatureExtractor
+
+    extractor = FeatureExtractor(metrics=["fid"], cache_dir=offline.cache_dir, allow_download=False,
+                                 device=torch.device("cpu"), precision="fp32")
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in extractor.network.modules())
+    unfolded = load_feature_extractor(extractor.weights, features=["2048"])
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    features = extractor(iter([images]), total=2, label="test")["2048"]
+    with torch.no_grad():
+        (expected,) = unfolded(images)
+    assert torch.allclose(features, expected, rtol=1e-4, atol=1e-4)

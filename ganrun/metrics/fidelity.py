@@ -25,7 +25,7 @@ from ganrun.config import choice
 from ganrun.data.images import ImageData
 from ganrun.errors import GanrunError, ShouldAbort, check_abort
 from ganrun.files import cache_dir, save_to_cache
-from ganrun.metrics.inception import find_inception_weights, load_feature_extractor
+from ganrun.metrics.inception import find_inception_weights, fold_batch_norms, load_feature_extractor
 
 METRICS = ("fid", "kid", "is", "prc")
 # What each metric name reports, and which of those numbers grow with quality.
@@ -118,7 +118,7 @@ def fingerprint(data: ImageData, count: int) -> str:
 
 class FeatureExtractor:
     """torch-fidelity's Inception-v3 in batches, channels_last (the same features within 1e-5, 1.4x
-    the throughput on CPU).
+    the throughput on CPU), BatchNorm folded into the convolutions (inception.fold_batch_norms).
 
     precision=auto runs Inception under bf16 autocast where the hardware computes in bf16 (CPUs
     with AVX512-BF16/AMX, Ampere+ GPUs): 2.5x the throughput on such a CPU, and FID moves by
@@ -132,6 +132,7 @@ class FeatureExtractor:
         self.features = [POOL_FEATURES] + ([LOGITS] if "is" in metrics else [])
         self.weights = find_inception_weights(cache_dir=cache_dir, allow_download=allow_download)
         network = load_feature_extractor(self.weights, features=self.features)
+        fold_batch_norms(network)  # the same features within float rounding; fp32 on 2 cores: 11.6 -> 12.5 img/s
         self.network = network.to(device, memory_format=torch.channels_last)
         self.device = device
         self.precision = choose_feature_precision(precision, device=device)
