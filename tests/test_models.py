@@ -245,3 +245,26 @@ def test_mlp_generator_uses_batch_norm_for_images_and_not_for_points():
     assert not has_batch_norm(Generator(resolution=0, channels=2))
     assert not has_batch_norm(Generator(resolution=28, channels=1, batch_norm=False))
     assert has_batch_norm(Generator(resolution=0, channels=2, batch_norm=True))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "width"),
+    [
+        ([], 32),  # the 28-px default, chosen by the quality-per-CPU-minute sweep
+        (["dataset=fashion_mnist"], 32),
+        (["dataset=celeba"], 64),  # the paper's width everywhere else
+        (["dataset=cifar10"], 64),
+        (["experiment=dcgan_mnist"], 64),  # pinned recipes keep the paper's
+        (["experiment=cgan_mnist"], 64),
+    ],
+)
+def test_dcgan_width_default_follows_the_resolution_and_pinned_experiments_keep_64(overrides, width):
+    cfg = compose_train(overrides)
+    assert (cfg.model.G.width, cfg.model.D.width) == (width, width)
+    G = build(cfg.model.G)
+    assert G.main[-2].in_channels == width  # the last transposed conv reads `width` channels
+
+
+def test_dcgan_widths_stay_independent_on_the_command_line():
+    cfg = compose_train(["model.G.width=48"])
+    assert (cfg.model.G.width, cfg.model.D.width) == (48, 32)
