@@ -5,11 +5,13 @@ each, then FID/KID of both with one protocol (#16 item 3). Prints figures; asser
     python scripts/bench_quality.py --minutes 0.3 --samples 500 --curve-samples 200 --curve-points 3   # smoke
 
 Training, one contender after the other, each in its own process with the same --threads and
-nothing else running (the evaluation waits until both are done). The clock of each starts when
+nothing else running (the evaluation waits until all are done). The clock of each starts when
 its process is launched, so start-up (imports, reading MNIST, building) is inside the budget.
+--also-fp32 adds a third contender, ganrun_fp32: the same defaults with trainer.precision=fp32,
+what `precision=auto` picks on a CPU without bf16 (on such a CPU, ganrun already is fp32).
 
 - ganrun: its real CLI, `python -m ganrun train dataset.root=ROOT` with ganrun's defaults
-  (DCGAN at 28 px, bce, Adam 2e-4/(0.5, 0.999), batch 64, precision=auto, channels_last, EMA,
+  (DCGAN at 28 px with width 32, bce, Adam 2e-4/(0.5, 0.999), batch 64, precision=auto, channels_last, EMA,
   log/sample/checkpoint side work) plus only: trainer.max_steps=10^9 (the clock ends the run),
   trainer.ckpt_every (--ckpt-every, default 200 instead of 500, for the curve; its cost is
   measured and printed), logger.mode=disabled and the run dir. The budget ends it: with
@@ -38,7 +40,8 @@ Runtime: twice the budget, then the evaluation: 2 x --samples + 2 x (--curve-poi
 --curve-samples generated images through Inception (56,000 at the defaults) plus the 10,000
 reference images the first time (cached afterwards). At the README's rates for 2 cores of a Xeon
 with AMX (42 img/s in bf16, 13 in fp32) that is about 25 or 75 minutes; more cores, less.
-Fewer --curve-points cost less.
+Fewer --curve-points cost less; --curve-minutes 1,2,2.5,5 (4 kept states before the end, dense
+where the quarter-budget criterion is decided) costs 36,000 generated images.
 
 Output: a table on stdout, OUT/figures.json with every figure, OUT/fid_vs_time.png, a sample
 grid of each final generator, the ganrun run dir and the kept checkpoints (--out, default a new
@@ -159,10 +162,12 @@ def log_tail(path: Path, lines: int = 15) -> str:
 # training: ganrun through its CLI
 
 
-def run_ganrun(*, root: Optional[str], out: Path, budget: float, targets: list[float], ckpt_every: int, threads: int,
-               use_max_time: bool) -> dict:
-    run_dir, kept_dir, log_path = out / "ganrun", out / "ganrun_curve", out / "ganrun.log"
+def run_ganrun(*, name: str, extra: list[str], root: Optional[str], out: Path, budget: float, targets: list[float],
+               ckpt_every: int, threads: int, use_max_time: bool) -> dict:
+    """Train one ganrun contender (`name`: its folder and label; `extra`: overrides beyond the defaults)."""
+    run_dir, kept_dir, log_path = out / name, out / f"{name}_curve", out / f"{name}.log"
     overrides = [f"dataset.root={hydra_quoted(root)}"] if root else ["dataset.download=false"]
+    overrides += extra
     overrides += [f"trainer.max_steps={LARGE_MAX_STEPS}", f"trainer.ckpt_every={ckpt_every}", "logger.mode=disabled",
                   f"hydra.run.dir={hydra_quoted(run_dir)}"]
     if torch.cuda.is_available():  # a CPU comparison: the textbook runs on the CPU too
@@ -172,7 +177,7 @@ def run_ganrun(*, root: Optional[str], out: Path, budget: float, targets: list[f
     command = [sys.executable, "-m", "ganrun", "train", *overrides]
     shutil.rmtree(run_dir, ignore_errors=True)
     shutil.rmtree(kept_dir, ignore_errors=True)
-    print(f"training ganrun for {budget:.0f} s: {' '.join(command[1:])}  (log: {log_path})", file=sys.stderr, flush=True)
+    print(f"training {name} for {budget:.0f} s: {' '.join(command[1:])}  (log: {log_path})", file=sys.stderr, flush=True)
     kept: dict[int, float] = {}  # step -> seconds since launch when its checkpoint was complete
     seen: set[str] = set()
     next_target = 0
@@ -216,8 +221,8 @@ def run_ganrun(*, root: Optional[str], out: Path, budget: float, targets: list[f
     if use_max_time and code == 2 and terminated_at is None:
         print(f"ganrun refused trainer.max_time={budget:g} (exit 2: {log_tail(log_path, 1)}); stopping it with SIGTERM instead",
               file=sys.stderr)
-        return run_ganrun(root=root, out=out, budget=budget, targets=targets, ckpt_every=ckpt_every, threads=threads,
-                          use_max_time=False)
+        return run_ganrun(name=name, extra=extra, root=root, out=out, budget=budget, targets=targets, ckpt_every=ckpt_every,
+                          threads=threads, use_max_time=False)
     if code == -signal.SIGTERM:  # before ganrun's handlers were installed: it had not started training
         raise SystemExit(f"ganrun had not begun training when the {budget:.0f} s budget ended (start-up took longer); "
                          f"raise --minutes. Log: {log_path}")
@@ -374,7 +379,7 @@ def textbook_batches(G: nn.Module, *, count: int, batch_size: int, seed: int) ->
 
 
 def samples_of(name: str, path: str, *, count: int, seed: int) -> Iterator[torch.Tensor]:
-    if name == "ganrun":
+    if name != "textbook":
         recipe, G, _ = rebuild_from_checkpoint(Path(path), device=torch.device("cpu"), use_ema=True)
         return generated_batches(recipe, G, count=count, batch_size=EVAL_BATCH, seed=seed, device=torch.device("cpu"))
     return textbook_batches(textbook_generator(path), count=count, batch_size=EVAL_BATCH, seed=seed)
@@ -446,24 +451,27 @@ def reached(time_to: dict) -> str:
 
 def report(figures: dict) -> None:
     results, settings = figures["results"], figures["settings"]
-    ganrun, textbook = results["ganrun"], results["textbook"]
+    textbook = results["textbook"]
+    contenders = [name for name in results if name != "textbook"]
+    budget = settings["budget_s"]
     print()
-    print(f"bench_quality: ganrun defaults vs the textbook DCGAN loop, MNIST 28x28, {settings['budget_s'] / 60:g} min each, "
+    print(f"bench_quality: ganrun's defaults vs the textbook DCGAN loop, MNIST 28x28, {budget / 60:g} min each, "
           f"sequential, {settings['threads']} threads each")
     print(f"CPU: {figures['cpu']}")
     print(f"torch {figures['torch']}; data: {figures['data']['train']}; reference: first {figures['data']['reference_count']:,} "
           f"of {figures['data']['reference']}")
     if figures["data"]["note"]:
         print(f"note: {figures['data']['note']}")
-    print(f"ganrun: `{ganrun['command']}`, stopped by {ganrun['stopped_by']}")
+    for name in contenders:
+        print(f"{name}: `{results[name]['command']}`, stopped by {results[name]['stopped_by']}")
     print(f"textbook: pytorch/examples' DCGAN algorithm at 28 px (ganrun's DCGAN layers + Sigmoid, BCELoss, Adam 2e-4/(0.5, 0.999), "
           f"batch 64), {textbook['settings']}")
     print(f"metrics: {figures['protocol']}")
     print()
-    print("| | ganrun (defaults) | textbook |")
-    print("|---|---|---|")
-    print(f"| settings | {ganrun['settings']} | {textbook['settings']} |")
+    print("| | " + " | ".join(contenders) + " | textbook |")
+    print("|---|" + "---|" * (len(contenders) + 1))
     rows = [
+        ("settings", lambda r: r["settings"]),
         ("G steps in the budget", lambda r: f"{r['steps']:,}"),
         ("images trained", lambda r: f"{r['images_seen']:,}"),
         ("wall-clock to the final state", lambda r: f"{r['seconds']:.0f} s"),
@@ -474,28 +482,32 @@ def report(figures: dict) -> None:
         ("time to the textbook's final FID", lambda r: reached(r["time_to_threshold"])),
     ]
     for label, cell in rows:
-        print(f"| {label} | {cell(ganrun)} | {cell(textbook)} |")
+        print(f"| {label} | " + " | ".join(cell(results[name]) for name in [*contenders, "textbook"]) + " |")
     print()
-    ratios = figures["ratios"]
-    shown = {key: "n/a" if value is None else f"{value:.3f}" for key, value in ratios.items()}
-    print(f"ratio ganrun/textbook: FID {shown['fid']}, KID {shown['kid_mean']} (below 1: ganrun better)")
+    for name in contenders:
+        shown = {key: "n/a" if value is None else f"{value:.3f}" for key, value in figures["ratios"][name].items()}
+        seconds = results[name]["time_to_threshold"]["seconds"]
+        fraction = "not reached" if seconds is None else f"{seconds / budget:.3f} of the budget"
+        print(f"{name}/textbook: FID {shown['fid']}, KID {shown['kid_mean']} (below 1: ganrun better); "
+              f"time to the textbook's final FID: {fraction}")
     print(f"time-to-FID threshold: the textbook's final FID on the curve protocol, {figures['threshold']:.2f} "
           f"({settings['curve_samples']:,} generated; linear between curve points; '<=': already at the first point)")
     print("curve (s: FID):")
     for name, result in results.items():
         print(f"  {name}: " + ", ".join(f"{point['seconds']:.0f}: {point['fid']:.1f}" for point in result["points"]))
-    overhead = ganrun["checkpoints_written"] * ganrun["checkpoint_seconds"]
-    print(f"side work inside the budgets: ganrun wrote {ganrun['checkpoints_written']} checkpoints (trainer.ckpt_every="
-          f"{settings['ckpt_every']}) at ~{ganrun['checkpoint_seconds']:.2f} s each (measured after training), ~{overhead:.1f} s = "
-          f"{overhead / ganrun['seconds']:.1%} of its time; the textbook saved G {len(textbook['points'])} times, "
-          f"{textbook['save_seconds']:.1f} s in all")
+    for name in contenders:
+        result = results[name]
+        overhead = result["checkpoints_written"] * result["checkpoint_seconds"]
+        print(f"side work inside the budget of {name}: {result['checkpoints_written']} checkpoints (trainer.ckpt_every="
+              f"{settings['ckpt_every']}) at ~{result['checkpoint_seconds']:.2f} s each (measured after training), ~{overhead:.1f} s = "
+              f"{overhead / result['seconds']:.1%} of its time")
+    print(f"the textbook saved G {len(textbook['points'])} times, {textbook['save_seconds']:.1f} s in all")
     for name, result in results.items():
         for note in result["cautions"]:
             print(f"caution ({name} final): {note}")
     print(f"evaluation (after training): {figures['evaluation_seconds'] / 60:.1f} min")
-    print(f"outputs: {figures['outputs']['figures']}, {figures['outputs']['plot']}, samples_ganrun.png / samples_textbook.png "
-          f"(64 samples each) in {figures['outputs']['dir']}; ganrun run dir {ganrun['run_dir']}, kept points "
-          f"{figures['outputs']['dir']}/ganrun_curve and /textbook")
+    print(f"outputs: {figures['outputs']['figures']}, {figures['outputs']['plot']}, samples_NAME.png (64 samples each), "
+          f"run dirs NAME/ and kept points NAME_curve/ (textbook/) in {figures['outputs']['dir']}")
 
 
 def main() -> None:
@@ -504,9 +516,16 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data", help="folder holding MNIST/raw (default ../shared/data)")
     parser.add_argument("--samples", type=int, default=10_000, help="generated images for the final FID/KID, and reference images (default 10,000)")
     parser.add_argument("--curve-samples", type=int, default=2_000, help="generated images per curve point (default 2,000)")
-    parser.add_argument("--curve-points", type=int, default=10, help="states kept per contender, the last at the end (default 10)")
+    parser.add_argument("--curve-points", type=int, default=10, help="states kept per contender, evenly spaced, the last at the end (default 10)")
+    parser.add_argument("--curve-minutes", type=str, default=None,
+                        help="instead of --curve-points: the times (minutes since launch, comma-separated, below --minutes) after "
+                             "which a state is kept, e.g. 1,2,2.5,5; the end is always kept. Dense early points time the "
+                             "crossing of the textbook's FID to the quarter budget more finely for less evaluation")
     parser.add_argument("--ckpt-every", type=int, default=200, help="ganrun's trainer.ckpt_every, so kept states lie near the curve times (default 200)")
     parser.add_argument("--eval-precision", default="auto", choices=["auto", "fp32", "bf16"], help="Inception's arithmetic, both contenders")
+    parser.add_argument("--also-fp32", action="store_true",
+                        help="a third contender, ganrun's defaults with trainer.precision=fp32 (what a CPU without bf16 runs), "
+                             "trained and measured in the same way; useful on a CPU with bf16")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads of each contender and of the evaluation (default: all cores)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="where everything goes (default: a new temp dir)")
@@ -533,20 +552,29 @@ def main() -> None:
     train_source = train_data.source
     del train_data  # each contender reads it itself, inside its budget
     budget = args.minutes * 60
-    targets = curve_targets(budget, args.curve_points)
-    inception_images = 2 * args.samples + 2 * 64 + 2 * (args.curve_points - 1) * curve_samples
-    print(f"plan: ganrun, then the textbook loop, {budget / 60:g} min each; then {inception_images:,} generated images through "
+    if args.curve_minutes:
+        try:
+            targets = sorted(float(value) * 60 for value in args.curve_minutes.split(","))
+        except ValueError:
+            parser.error(f"--curve-minutes {args.curve_minutes!r}: give minutes as numbers separated by commas, e.g. 1,2,2.5,5")
+        if not all(0 < target < budget for target in targets):
+            parser.error(f"--curve-minutes {args.curve_minutes!r}: every time must lie between 0 and --minutes {args.minutes:g}")
+    else:
+        targets = curve_targets(budget, args.curve_points)
+    contenders = 3 if args.also_fp32 else 2
+    inception_images = contenders * (args.samples + 64 + len(targets) * curve_samples)
+    print(f"plan: ganrun{', ganrun_fp32' if args.also_fp32 else ''}, then the textbook loop, {budget / 60:g} min each; then {inception_images:,} generated images through "
           f"Inception (+ {args.samples:,} reference images unless cached), on {args.threads} threads; out: {out}", file=sys.stderr)
     use_max_time = ganrun_has_max_time()
     how = ("exists: passed, with SIGTERM at the budget as the backstop (it also keeps the clocks equal if ganrun's starts later)"
            if use_max_time else "is not in this ganrun: SIGTERM at the budget")
     print(f"trainer.max_time {how}", file=sys.stderr)
 
-    results = {
-        "ganrun": run_ganrun(root=root, out=out, budget=budget, targets=targets, ckpt_every=args.ckpt_every, threads=args.threads,
-                             use_max_time=use_max_time),
-        "textbook": run_textbook(root=root, out=out, budget=budget, targets=targets, threads=args.threads, seed=args.seed),
-    }
+    variants = {"ganrun": [], **({"ganrun_fp32": ["trainer.precision=fp32"]} if args.also_fp32 else {})}
+    results = {name: run_ganrun(name=name, extra=extra, root=root, out=out, budget=budget, targets=targets,
+                                ckpt_every=args.ckpt_every, threads=args.threads, use_max_time=use_max_time)
+               for name, extra in variants.items()}
+    results["textbook"] = run_textbook(root=root, out=out, budget=budget, targets=targets, threads=args.threads, seed=args.seed)
 
     extractor = FeatureExtractor(metrics=["fid", "kid"], cache_dir=cache_dir(), allow_download=True, device=torch.device("cpu"),
                                  precision=args.eval_precision)
@@ -562,7 +590,7 @@ def main() -> None:
         "cpu": cpu_description(),
         "torch": torch.__version__,
         "settings": {"budget_s": budget, "threads": args.threads, "samples": args.samples, "curve_samples": curve_samples,
-                     "curve_points": args.curve_points, "ckpt_every": args.ckpt_every, "seed": args.seed,
+                     "curve_points": len(targets) + 1, "curve_targets_s": targets, "ckpt_every": args.ckpt_every, "seed": args.seed,
                      "eval_precision": extractor.precision, "max_time_used": "trainer.max_time" in results["ganrun"]["stopped_by"]},
         "data": {"train": train_source, "note": note,
                  "reference": test_data.source, "reference_count": len(real[POOL]), "reference_cache": cache_status},
@@ -570,7 +598,8 @@ def main() -> None:
                      f"uint8, RGB, resized to 299 (torch-fidelity), {extractor.description}; KID: 100 subsets; reference cache {cache_status}"),
         "results": results,
         "threshold": threshold,
-        "ratios": {key: ratio(results["ganrun"]["final"][key], results["textbook"]["final"][key]) for key in ("fid", "kid_mean")},
+        "ratios": {name: {key: ratio(results[name]["final"][key], results["textbook"]["final"][key]) for key in ("fid", "kid_mean")}
+                   for name in variants},
         "evaluation_seconds": time.perf_counter() - evaluation_start,
         "outputs": {"dir": str(out), "figures": str(out / "figures.json"), "plot": str(out / "fid_vs_time.png")},
     }

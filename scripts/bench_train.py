@@ -16,11 +16,21 @@ several, on the threads torch uses) and counts each contender's FLOPs per step w
 "fraction of peak" = FLOPs per step x steps per second / peak. The same for Inception-v3 feature
 extraction (FID's cost per image), in fp32. The CPU model and its SIMD flags head the output:
 figures from one CPU kind are not figures for another.
+
+On a newer CPU, the kernels an AVX2-only CPU (no AVX-512, no bf16) would run can be had by capping
+oneDNN, ATen and MKL, with fp32 since bf16 is not native there (the output names the caps):
+
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+        python scripts/bench_train.py --precision fp32
+
+That is the same code path on the same cores and caches, not a different machine: clocks,
+cache sizes and memory bandwidth stay this CPU's.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import sys
@@ -46,6 +56,7 @@ from ganrun.recipes.base import Stepper  # noqa: E402
 # the textbook step (pytorch/examples/dcgan/main.py, with its own network definitions)
 
 NZ, NGF, NDF, NC = 100, 64, 64, 3
+ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def textbook_networks() -> tuple[nn.Module, nn.Module]:
@@ -175,7 +186,12 @@ def cpu_description() -> str:
     except OSError:
         pass
     shown = sorted(flag for flag in flags if flag.startswith(("avx", "amx", "fma")))
-    return f"{model}; flags: {' '.join(shown) or 'none found'}; torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    # Kernel ISA caps (e.g. ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2
+    # to stand in for an AVX2-only CPU): the figures are then those of the capped kernels, so say so.
+    capped = [f"{key}={os.environ[key]}" for key in ISA_CAPS if os.environ.get(key)]
+    limits = f"; kernels capped by {' '.join(capped)}" if capped else ""
+    return (f"{model}; flags: {' '.join(shown) or 'none found'}; torch CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()}{limits}")
 
 
 def fp32_matmul_peak(size: int = 2048, repeats: int = 8) -> float:
