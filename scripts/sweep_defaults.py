@@ -1,0 +1,95 @@
+"""The sweep behind the MNIST defaults (#16 item 2): quality per CPU-minute of one change at a time.
+
+    python scripts/sweep_defaults.py                       # 2.5 minutes each, the README's table
+    python scripts/sweep_defaults.py --minutes 0.2 --samples 200 --only base   # smoke
+
+Each setting trains `ganrun train dataset.root=ROOT` with one change from the defaults, on a
+wall-clock budget (`trainer.max_time`; `trainer.max_steps` out of reach), one after the other with
+nothing else running, then `ganrun eval ckpt=RUN num_samples=N` (G_ema vs the first N test digits).
+Quality per CPU-minute is what a budget buys, so the comparison is at equal wall clock, not at equal
+steps: a cheaper network takes more steps. FID from fewer than 2,048 samples reads high and compares
+only within one table. Prints a table with the CPU (model, flags) it ran on; asserts nothing.
+
+Settings are relative to the current defaults, so after a change of default the "base" row is the
+new default. `--set NAME=OVERRIDES` (overrides separated by spaces) adds or replaces a row.
+Hydra's multirun (`ganrun train -m`) sweeps a grid; this is a list of single changes, the form a
+defaults study takes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from bench_quality import hydra_quoted  # noqa: E402
+from bench_train import cpu_description  # noqa: E402
+
+# The rows of the README's table, relative to today's defaults (width 32 at 28 px): the first four
+# rows there were measured when the default was width 64, as "width 64 ..." here.
+WIDTH_64 = ["model.G.width=64", "model.D.width=64"]
+SETTINGS = {
+    "base": [],
+    "width 64": WIDTH_64,
+    "width 64, lr 5e-4": [*WIDTH_64, "optim.lr=5e-4"],
+    "width 64, batch 128, lr 4e-4": [*WIDTH_64, "trainer.batch_size=128", "optim.lr=4e-4"],
+    "D lr 1e-4": ["optim.D.lr=1e-4"],
+    "G lr 4e-4": ["optim.G.lr=4e-4"],
+    "R1 0.2 every 4": ["loss.r1_gamma=0.2", "loss.r1_every=4"],
+}
+
+
+def run(name: str, overrides: list[str], *, root: Path, out: Path, seconds: float, samples: int, threads: int) -> dict:
+    run_dir = out / name.replace(" ", "_").replace(",", "")
+    ganrun = [sys.executable, "-m", "ganrun"]
+    train = [*ganrun, "train", f"dataset.root={hydra_quoted(root)}", f"trainer.max_time={seconds:g}", "trainer.max_steps=100000000",
+             "logger.mode=disabled", f"trainer.num_threads={threads}", f"hydra.run.dir={hydra_quoted(run_dir)}", *overrides]
+    print(f"{name}: {shlex.join(train[2:])}", file=sys.stderr, flush=True)
+    for command in (train, [*ganrun, "eval", f"ckpt={hydra_quoted(run_dir)}", f"num_samples={samples}"]):
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SystemExit(f"{name}: `{shlex.join(command[2:])}` exited with {result.returncode}:\n{result.stderr[-2000:]}")
+    measured = json.loads((run_dir / "checkpoints" / "eval.json").read_text())["last.pt"]
+    return {"name": name, "overrides": overrides, "step": measured["step"], **measured["metrics"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=2.5, help="wall-clock budget of each setting (default 2.5)")
+    parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data", help="folder holding MNIST/raw")
+    parser.add_argument("--samples", type=int, default=2000, help="generated and reference images for FID/KID (default 2,000)")
+    parser.add_argument("--threads", type=int, default=2, help="trainer.num_threads of every run (default 2)")
+    parser.add_argument("--only", nargs="*", help="these settings only (names as in the table)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=OVERRIDES", help="add or replace a setting")
+    parser.add_argument("--out", type=Path, default=Path("sweep_defaults"), help="run dirs go here (default ./sweep_defaults)")
+    args = parser.parse_args()
+    settings = dict(SETTINGS)
+    for item in args.set:
+        name, separator, overrides = item.partition("=")
+        if not separator:
+            parser.error(f"--set {item!r}: write NAME=OVERRIDES, e.g. --set 'lr 1e-4=optim.lr=1e-4'")
+        settings[name] = overrides.split()
+    if args.only:
+        unknown = [name for name in args.only if name not in settings]
+        if unknown:
+            parser.error(f"--only {unknown}: not a setting; the settings are {list(settings)}")
+        settings = {name: settings[name] for name in args.only}
+    rows = [run(name, overrides, root=args.root.resolve(), out=args.out.resolve(), seconds=args.minutes * 60,
+                samples=args.samples, threads=args.threads) for name, overrides in settings.items()]
+    print(f"CPU: {cpu_description()}; {args.threads} threads; {args.minutes:g} min each; "
+          f"FID/KID: {args.samples:,} G_ema samples vs {args.samples:,} MNIST test digits")
+    print("| setting | overrides | steps | FID | KID |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['name']} | {' '.join(row['overrides']) or '(defaults)'} | {row['step']:,} | {row['fid']:.2f} | "
+              f"{row['kid_mean']:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
