@@ -99,7 +99,7 @@ class TrainerConfig:
     grid_size: int = 64
     num_workers: int = 2  # only for datasets streamed from disk
     # CPU threads for torch's math; null = auto: on CPU the cores not busy with other processes
-    # (1-min load average; ganrun.hardware.choose_threads), on GPU torch's default.
+    # (/proc/stat over 0.3 s, else the 1-min load average; ganrun.hardware.choose_threads), on GPU torch's default.
     num_threads: Optional[int] = None
     # D steps per G step; null = the loss's own (5 for wgan/wgan_gp, else 1). max_steps counts G steps.
     n_critic: Optional[int] = None

@@ -7,7 +7,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch import nn
@@ -95,7 +95,7 @@ class ThreadChoice:
 
     threads: int
     cpus: int  # CPUs this process may run on
-    busy: float  # cores busy with other processes (1-min load average less our own share), >= 0
+    busy: float  # cores busy with other processes (busy_cores_now, else the 1-min load average less our share), >= 0
     requested: Optional[int] = None  # trainer.num_threads, None = auto
 
 
@@ -104,8 +104,10 @@ def choose_threads(requested: Optional[int], *, cpus: int, load: float, own_load
     """`requested` threads if set; auto (None): the cores not busy with other processes, shared
     among the `ranks` processes of this machine, at least 1.
 
-    `load` is the 1-minute load average (runnable threads, os.getloadavg), `own_load` the part of
-    it that is this process's own (a sweep's earlier job; `own_recent_load`). Under contention
+    `load` is how many cores other processes keep busy: measured just now (`busy_cores_now`), or
+    where that cannot be read the 1-minute load average (runnable threads, os.getloadavg), with
+    `own_load` the part of it that is this process's own (a sweep's earlier job;
+    `own_recent_load`). Under contention
     fewer threads win: OpenMP threads that outnumber the free cores wait on each other at every
     parallel region (DCGAN on MNIST on a 2-core machine at load 4-8: 2 threads 29-127 img/s
     spinning and 158-443 with OMP_WAIT_POLICY=PASSIVE, which ganrun sets; 1 thread 85-476).
@@ -117,12 +119,17 @@ def choose_threads(requested: Optional[int], *, cpus: int, load: float, own_load
     return ThreadChoice(threads=max(1, free // max(1, ranks)), cpus=cpus, busy=busy)
 
 
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask: containers and taskset limit it)."""
+def affinity() -> set[int]:
+    """The CPU numbers this process may run on (containers and taskset limit them)."""
     try:
-        return len(os.sched_getaffinity(0))
+        return set(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        return set(range(os.cpu_count() or 1))
+
+
+def available_cpus() -> int:
+    """How many CPUs this process may run on (`affinity`)."""
+    return len(affinity())
 
 
 def load_average() -> float:
@@ -131,6 +138,56 @@ def load_average() -> float:
         return os.getloadavg()[0]
     except (AttributeError, OSError):
         return 0.0
+
+
+CPU_STAT_WINDOW_S = 0.3  # how long busy_cores_now watches: 30 scheduler ticks per core at 100 Hz
+
+
+def busy_cores_now(*, cpus: Iterable[int], window: float = CPU_STAT_WINDOW_S, stat: Path = Path("/proc/stat"),
+                   sleep: Callable[[float], None] = time.sleep) -> Optional[float]:
+    """Cores of `cpus` (CPU numbers, e.g. this process's affinity mask) that other processes kept
+    busy over the last `window` seconds, from /proc/stat's per-CPU tick counters (busy = user,
+    nice, system, irq, softirq, steal; idle = idle, iowait), less this process's own CPU time in
+    the window. A number in [0, len(cpus)]; None off Linux or when /proc/stat cannot be read.
+
+    Why not the 1-minute load average alone: it is an exponential average, so right after a heavy
+    job ends it still reads busy for a minute or more (`make test` then `make train` got 1 thread of
+    2 on an idle machine), and a job that just started has barely moved it yet.
+    """
+    wanted = {f"cpu{number}" for number in cpus}
+    if not wanted:
+        return None
+
+    def ticks() -> Optional[tuple[int, int]]:
+        busy = total = 0
+        try:
+            lines = stat.read_text().splitlines()
+        except OSError:
+            return None
+        seen = 0
+        for line in lines:
+            fields = line.split()
+            if not fields or fields[0] not in wanted:
+                continue
+            try:
+                user, nice, system, idle, iowait, irq, softirq, steal = (int(value) for value in fields[1:9])
+            except ValueError:
+                return None
+            busy += user + nice + system + irq + softirq + steal
+            total += user + nice + system + irq + softirq + steal + idle + iowait
+            seen += 1
+        return (busy, total) if seen == len(wanted) else None
+
+    before, own_before, clock_before = ticks(), time.process_time(), time.monotonic()
+    if before is None:
+        return None
+    sleep(window)
+    after, own, elapsed = ticks(), time.process_time() - own_before, time.monotonic() - clock_before
+    if after is None or after[1] <= before[1]:
+        return None
+    share = (after[0] - before[0]) / (after[1] - before[1])  # of all ticks the cores had in the window
+    others = share * len(wanted) - own / max(elapsed, window, 1e-3)
+    return min(float(len(wanted)), max(0.0, others))
 
 
 def own_recent_load(stat: Path = Path("/proc/self/stat"), uptime: Path = Path("/proc/uptime")) -> float:
@@ -156,7 +213,11 @@ def set_threads(requested: Optional[int], *, device: torch.device, ranks: int = 
         threads = torch.get_num_threads()
         return ThreadChoice(threads=threads, cpus=available_cpus(), busy=0.0, requested=threads)
     cpus = min(available_cpus(), TORCH_DEFAULT_THREADS)
-    choice = choose_threads(requested, cpus=cpus, load=load_average(), own_load=own_recent_load(), ranks=ranks)
+    busy = busy_cores_now(cpus=affinity())
+    if busy is not None:
+        choice = choose_threads(requested, cpus=cpus, load=busy, ranks=ranks)
+    else:
+        choice = choose_threads(requested, cpus=cpus, load=load_average(), own_load=own_recent_load(), ranks=ranks)
     torch.set_num_threads(choice.threads)
     return choice
 

@@ -21,7 +21,7 @@ from test_cli import assert_one_line_error
 
 from ganrun.config import format_duration, parse_duration
 from ganrun.errors import GanrunError
-from ganrun.hardware import ThreadChoice, choose_threads, describe, own_recent_load
+from ganrun.hardware import ThreadChoice, busy_cores_now, choose_threads, describe, own_recent_load
 from ganrun.loop.checkpoint import LAST, load_checkpoint
 from ganrun.loop.run import budget_reach, end_summary
 from ganrun.loop.tracking import Tracker, estimate_eta
@@ -287,6 +287,48 @@ def test_own_recent_load_from_proc_files(tmp_path):
     uptime.write_text("700.0 1000.0")  # alive for 600 s: weighted fully
     assert own_recent_load(stat, uptime) == pytest.approx(time.process_time() / 600, rel=0.05)
     assert own_recent_load(tmp_path / "missing", uptime) == 0.0
+
+
+def _proc_stat(per_cpu: dict[int, tuple[int, int]]) -> str:
+    """A /proc/stat with per-CPU lines: cpu -> (busy user ticks, idle ticks)."""
+    total_busy, total_idle = sum(b for b, _ in per_cpu.values()), sum(i for _, i in per_cpu.values())
+    lines = [f"cpu  {total_busy} 0 0 {total_idle} 0 0 0 0 0 0"]
+    lines += [f"cpu{n} {busy} 0 0 {idle} 0 0 0 0 0 0" for n, (busy, idle) in per_cpu.items()]
+    return "\n".join(lines + ["intr 1 2 3", "procs_running 3"]) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("after", "busy"),
+    [
+        ({0: (130, 100), 1: (130, 100)}, 2.0),  # both cores busy all the window: another 2-thread job
+        ({0: (130, 100), 1: (100, 130)}, 1.0),  # one of two
+        ({0: (100, 130), 1: (100, 130)}, 0.0),  # idle, whatever the load average still says
+        ({0: (115, 115), 1: (100, 130)}, 0.5),
+    ],
+)
+def test_busy_cores_are_measured_from_proc_stat_over_a_short_window(tmp_path, after, busy):
+    stat = tmp_path / "stat"
+    stat.write_text(_proc_stat({0: (100, 100), 1: (100, 100), 2: (0, 0)}))
+
+    def the_window_passes(seconds):
+        stat.write_text(_proc_stat({**after, 2: (30, 0)}))  # cpu2 is outside the affinity mask: not counted
+
+    measured = busy_cores_now(cpus={0, 1}, stat=stat, sleep=the_window_passes)
+    assert measured == pytest.approx(busy, abs=0.05)  # less this process's own (near-zero) CPU time in the window
+
+
+def test_busy_cores_are_unknown_without_a_readable_proc_stat(tmp_path):
+    assert busy_cores_now(cpus={0}, stat=tmp_path / "missing", sleep=lambda s: None) is None
+    stat = tmp_path / "stat"
+    stat.write_text(_proc_stat({0: (1, 1)}))
+    assert busy_cores_now(cpus={0, 5}, stat=stat, sleep=lambda s: None) is None  # a CPU it has no line for
+    assert busy_cores_now(cpus={0}, stat=stat, sleep=lambda s: None) is None  # no ticks passed
+
+
+def test_busy_cores_on_this_machine_are_a_count_of_its_cores():
+    cpus = os.sched_getaffinity(0)
+    measured = busy_cores_now(cpus=cpus, window=0.05)
+    assert measured is not None and 0.0 <= measured <= len(cpus)
 
 
 @pytest.mark.parametrize(("env", "policy"), [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE")])
