@@ -294,6 +294,7 @@ def test_srresnet_learns_to_beat_bicubic_on_held_out_textures(tmp_path):
     run_train(sr_overrides(train_dir, **{
         "model.G.width": 16, "trainer.max_steps": 800, "trainer.batch_size": 8, "optim.lr": 2e-3,
         "trainer.ema.enabled": "false", "trainer.sample_every": 0, "trainer.ckpt_every": 800, "trainer.log_every": 100,
+        "trainer.num_threads": 1,  # not auto: the thread count follows the machine's load, and so would the result
     }), tmp_path / "run")
     seconds = time.perf_counter() - start
     recipe, G, _ = rebuild_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", device=CPU)
