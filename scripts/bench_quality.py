@@ -11,8 +11,8 @@ its process is launched, so start-up (imports, reading MNIST, building) is insid
 what `precision=auto` picks on a CPU without bf16 (on such a CPU, ganrun already is fp32).
 
 - ganrun: its real CLI, `python -m ganrun train dataset.root=ROOT` with ganrun's defaults
-  (DCGAN at 28 px with width 32, bce, Adam 2e-4/(0.5, 0.999), batch 64, precision=auto, channels_last, EMA,
-  log/sample/checkpoint side work) plus only: trainer.max_steps=10^9 (the clock ends the run),
+  (DCGAN at 28 px with the width its budget gets: 64 for 10 minutes, 32 for 5 or less; bce,
+  Adam 2e-4/(0.5, 0.999), batch 64, precision=auto, channels_last, EMA, log/sample/checkpoint side work) plus only: trainer.max_steps=10^9 (the clock ends the run),
   trainer.ckpt_every (--ckpt-every, default 200 instead of 500, for the curve; its cost is
   measured and printed), logger.mode=disabled and the run dir. The budget ends it: with
   trainer.max_time when this ganrun's config has that key, and in any case SIGTERM at the budget

@@ -31,8 +31,9 @@ sys.path.insert(0, str(REPO / "scripts"))
 from bench_quality import hydra_quoted  # noqa: E402
 from bench_train import cpu_description  # noqa: E402
 
-# The rows of the README's table, relative to today's defaults (width 32 at 28 px): the first four
-# rows there were measured when the default was width 64, as "width 64 ..." here.
+# The rows of the README's table, relative to today's defaults (width 32 at 28 px for runs of up to 5
+# minutes, 64 beyond: ganrun/config.py dcgan_width): the first four rows there were measured when the
+# default was width 64, as "width 64 ..." here. At --minutes over 5, "base" is width 64.
 WIDTH_64 = ["model.G.width=64", "model.D.width=64"]
 SETTINGS = {
     "base": [],

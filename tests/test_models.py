@@ -250,15 +250,22 @@ def test_mlp_generator_uses_batch_norm_for_images_and_not_for_points():
 @pytest.mark.parametrize(
     ("overrides", "width"),
     [
-        ([], 32),  # the 28-px default, chosen by the quality-per-CPU-minute sweep
+        ([], 32),  # 28 px, a short run (3,000 steps): chosen by the quality-per-CPU-minute sweep
         (["dataset=fashion_mnist"], 32),
+        (["trainer.max_time=00:05:00", "trainer.max_steps=100000"], 32),  # make train's budget
+        (["trainer.max_time=300"], 32),
+        (["trainer.max_time=00:10:00", "trainer.max_steps=100000"], 64),  # longer: the paper's width won
+        (["trainer.max_time=5:01"], 64),
+        (["trainer.max_steps=10000"], 32),  # no time budget: the step count decides
+        (["trainer.max_steps=10001"], 64),
+        (["trainer.max_time=not-a-time"], 32),  # no budget here; the loop's check reports it
         (["dataset=celeba"], 64),  # the paper's width everywhere else
         (["dataset=cifar10"], 64),
         (["experiment=dcgan_mnist"], 64),  # pinned recipes keep the paper's
         (["experiment=cgan_mnist"], 64),
     ],
 )
-def test_dcgan_width_default_follows_the_resolution_and_pinned_experiments_keep_64(overrides, width):
+def test_dcgan_width_default_follows_the_resolution_and_budget_and_pinned_experiments_keep_64(overrides, width):
     cfg = compose_train(overrides)
     assert (cfg.model.G.width, cfg.model.D.width) == (width, width)
     G = build(cfg.model.G)

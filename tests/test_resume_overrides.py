@@ -26,7 +26,7 @@ import ganrun.data.images
 from ganrun.config import choice, to_plain
 from ganrun.errors import GanrunError
 from ganrun.loop.checkpoint import LAST, load_checkpoint, save_checkpoint_file
-from ganrun.loop.setup import build_run, merge_resume_config, resume_rule
+from ganrun.loop.setup import build_run, check_same_model, merge_resume_config, resume_rule
 
 # helpers
 
@@ -372,6 +372,19 @@ def test_a_key_the_run_does_not_have_is_refused():
         merge_resume_config(saved, compose_train(["optim.lr=1e-3"]), ["optim.lr=1e-3"])
     merged = merge_resume_config(saved, compose_train(["optim.G.lr=3e-4"]), ["optim.G.lr=3e-4"])
     assert merged.optim.G.lr == 3e-4 and merged.optim.D.lr == 4e-4
+
+
+def test_a_longer_budget_on_resume_keeps_the_checkpoints_width():
+    """At 28 px the default width follows the budget (32 up to 5 minutes, 64 beyond:
+    ganrun.config.dcgan_width); `make train` then `resume=RUN trainer.max_time=00:30:00` must keep
+    training the 32-wide networks it has, not ask for 64-wide ones."""
+    saved = to_plain(compose_train(["trainer.max_time=00:05:00"]))
+    assert saved["model"]["G"]["width"] == 32
+    overrides = ["trainer.max_time=00:30:00"]
+    assert compose_train(overrides).model.G.width == 64  # what a new run with that budget gets
+    merged = merge_resume_config(saved, compose_train(overrides), overrides)
+    assert (merged.model.G.width, merged.model.D.width, merged.trainer.max_time) == (32, 32, "00:30:00")
+    check_same_model(saved, merged, Path("run"))  # raises on any difference
 
 
 def test_keys_follow_their_source_again_unless_they_were_set_apart():

@@ -341,6 +341,10 @@ def _follow_interpolations(config: DictConfig, saved_config: DictConfig, compose
             continue
         if any(key == given or key.startswith(f"{given}.") for given in skip):
             continue
+        if key.startswith("model."):
+            # The networks are fixed on resume (check_same_model): a model key keeps the checkpoint's
+            # value even where it follows a key the resume changes (the 28-px width follows max_time).
+            continue
         saved_value = OmegaConf.select(saved_config, key, default=_ABSENT)
         if saved_value is _ABSENT:
             continue
