@@ -1,7 +1,7 @@
 """Benchmark: ganrun's DCGAN 64x64 training step vs the pytorch/examples textbook step,
 and the MNIST input pipeline. Prints figures; asserts nothing (targets are in the README).
 
-    python scripts/bench_train.py [--rounds 5] [--steps 4] [--batch-size 64]
+    python scripts/bench_train.py [--rounds 5] [--steps 4] [--batch-size 64] [--profile]
 
 Both steps train the same networks (DCGAN 64x64, z 100, widths 64, the paper's init) with
 the same loss on the same data. The textbook step is pytorch/examples/dcgan's: Sigmoid +
@@ -15,7 +15,10 @@ several, on the threads torch uses) and counts each contender's FLOPs per step w
 `torch.utils.flop_counter.FlopCounterMode` (matmuls and convolutions, forward and backward), so
 "fraction of peak" = FLOPs per step x steps per second / peak. The same for Inception-v3 feature
 extraction (FID's cost per image), in fp32. The CPU model and its SIMD flags head the output:
-figures from one CPU kind are not figures for another.
+figures from one CPU kind are not figures for another. `--profile` adds, for each contender and
+for Inception, torch.profiler's self CPU time by op category (convolution/matmul kernels, BatchNorm,
+optimizer, elementwise, copies) and the convolution kernels' own GFLOP/s: where the time between
+the step and the peak goes.
 
 On a newer CPU, the kernels an AVX2-only CPU (no AVX-512, no bf16) would run can be had by capping
 oneDNN, ATen and MKL, with fp32 since bf16 is not native there (the output names the caps):
@@ -216,8 +219,9 @@ def flops_of(function) -> int:
     return counter.get_total_flops()
 
 
-def bench_inception(batch_size: int = 50, batches: int = 3) -> tuple[float, float] | None:
-    """(img/s, FLOPs per image) of FID's Inception-v3 features in fp32, or None without weights."""
+def bench_inception(batch_size: int = 50, batches: int = 3, *, profile_peak: float | None = None) -> tuple[float, float] | None:
+    """(img/s, FLOPs per image) of FID's Inception-v3 features in fp32, or None without weights.
+    With `profile_peak` (GFLOP/s), also prints where the time goes (`profile_breakdown`)."""
     from ganrun.errors import GanrunError
     from ganrun.files import cache_dir
     from ganrun.metrics.fidelity import FeatureExtractor
@@ -234,7 +238,68 @@ def bench_inception(batch_size: int = 50, batches: int = 3) -> tuple[float, floa
     flops = flops_of(lambda: run(1)) / batch_size
     start = time.perf_counter()
     run(batches)
-    return batches * batch_size / (time.perf_counter() - start), flops
+    rate = batches * batch_size / (time.perf_counter() - start)
+    if profile_peak is not None:
+        print(f"  Inception-v3 features, fp32, batch {batch_size}, profiled:")
+        profile_breakdown(lambda: run(1), calls=batches, flops_per_call=int(flops * batch_size), peak=profile_peak)
+    return rate, flops
+
+
+# where the time goes
+
+
+# Op-name fragments -> category, first match wins. Self time only, so nested ops are not counted twice.
+PROFILE_CATEGORIES = (
+    ("convolution / matmul kernels", ("conv", "mm", "linear", "matmul")),
+    ("BatchNorm", ("batch_norm",)),
+    ("optimizer (Adam) and EMA", ("_foreach", "addcdiv", "lerp", "sqrt")),
+    ("activations, losses, elementwise", ("relu", "tanh", "sigmoid", "threshold", "cross_entropy", "add", "mul",
+                                          "sub", "div", "neg", "exp", "log", "pow", "where", "clamp", "fill", "zero")),
+    ("copies, casts, layout", ("copy", "to", "clone", "contiguous", "cat", "view", "reshape", "permute", "empty",
+                               "transpose", "expand", "as_strided", "stride")),
+)
+
+
+def profile_breakdown(function, *, calls: int, flops_per_call: int, peak: float) -> None:
+    """Print where `calls` calls of `function` spend their CPU time, by op category, with torch.profiler.
+
+    The convolution/matmul line also gives those kernels' own speed (all counted FLOPs over their time
+    alone): if it is near the peak and the step is not, the rest of the step is what limits it.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    function()  # warm-up outside the profile
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as profiler:
+        for _ in range(calls):
+            function()
+    wall = time.perf_counter() - start
+    totals: dict[str, float] = {}
+    top: list[tuple[float, str]] = []
+    for event in profiler.key_averages():
+        seconds = event.self_cpu_time_total / 1e6
+        if seconds <= 0:
+            continue
+        name = event.key.lower().removeprefix("aten::")
+        category = next((label for label, fragments in PROFILE_CATEGORIES if any(f in name for f in fragments)), "other")
+        totals[category] = totals.get(category, 0.0) + seconds
+        top.append((seconds, event.key))
+    profiled = sum(totals.values())
+    print(f"    {calls} calls, {wall:.2f} s wall (profiler on); self CPU time by category:")
+    for label, seconds in sorted(totals.items(), key=lambda item: -item[1]):
+        extra = ""
+        if label == PROFILE_CATEGORIES[0][0] and seconds > 0:
+            rate = flops_per_call * calls / seconds / 1e9
+            extra = f"  -> these kernels alone: {rate:.1f} GFLOP/s = {rate / peak:.0%} of peak"
+        print(f"      {label:34s} {seconds:7.3f} s  {seconds / profiled:5.1%}{extra}")
+    print("    top ops: " + "; ".join(f"{name} {seconds / profiled:.1%}" for seconds, name in sorted(top, reverse=True)[:8]))
+    # Which convolutions: the slowest calls by input shapes (input, weight), forward and backward apart.
+    convolutions = [event for event in profiler.key_averages(group_by_input_shape=True)
+                    if event.key in ("aten::mkldnn_convolution", "aten::convolution_backward") and event.self_cpu_time_total > 0]
+    for event in sorted(convolutions, key=lambda event: -event.self_cpu_time_total)[:6]:
+        shapes = " x ".join(str(tuple(shape)) for shape in event.input_shapes[:2] if shape)
+        direction = "forward" if "mkldnn" in event.key else "backward"
+        print(f"      {direction:8s} {shapes:40s} {event.self_cpu_time_total / 1e6 / profiled:5.1%}")
 
 
 # input pipeline
@@ -262,6 +327,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--precision", default="auto", help="ganrun's trainer.precision (auto: bf16 where the CPU has it)")
     parser.add_argument("--compile", action="store_true", help="also time trainer.compile=true (compiles for a minute or more)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile each contender (torch.profiler): time by op category, and the conv kernels' own speed")
     args = parser.parse_args()
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; CPU: {cpu_description()}")
@@ -301,7 +368,9 @@ def main() -> None:
         achieved = flops * medians[name] / args.batch_size / 1e9
         label = "textbook (fp32)" if name == "textbook" else labels[name]
         print(f"  {label}: {flops / 1e9:.2f} GFLOP per step, {achieved:.1f} GFLOP/s = {achieved / peak:.0%} of peak")
-    inception = bench_inception()
+        if args.profile:
+            profile_breakdown(step, calls=args.steps, flops_per_call=flops, peak=peak)
+    inception = bench_inception(profile_peak=peak if args.profile else None)
     if inception is not None:
         rate, flops = inception
         achieved = rate * flops / 1e9
