@@ -74,6 +74,8 @@ def tiny_overrides(data_root: Path, **extra: object) -> list[str]:
         "trainer.ckpt_every": 2,
         "trainer.grid_size": 4,
         "trainer.num_workers": 0,
+        # not auto: auto threads follow the machine's load, so two runs compared bit for bit could differ
+        "trainer.num_threads": 1,
         "logger.mode": "disabled",
     }
     overrides.update({key: value for key, value in extra.items()})

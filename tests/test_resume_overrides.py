@@ -95,7 +95,7 @@ def groups(run, name: str) -> list[dict]:
 
 NEW_VALUES: dict[str, tuple[str, Any]] = {
     "trainer.max_time": ("00:10:00", "00:10:00"),
-    "trainer.num_threads": ("1", 1),
+    "trainer.num_threads": ("2", 2),  # tiny_overrides pin 1
     "task._target_": ("ganrun.tasks.super_resolution.SuperResolutionTask", None),
     "task.name": ("super_resolution", None),
     "dataset._target_": ("ganrun.data.images.load_mnist_family", "ganrun.data.images.load_mnist_family"),

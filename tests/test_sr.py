@@ -75,6 +75,8 @@ def sr_overrides(hr_dir: Path, **extra: object) -> list[str]:
         "trainer.grid_size": 8,
         "trainer.num_workers": 0,
         "trainer.precision": "fp32",
+        # not auto: auto threads follow the machine's load, so two runs compared bit for bit could differ
+        "trainer.num_threads": 1,
         "logger.mode": "disabled",
     }
     overrides.update(extra)
@@ -294,7 +296,6 @@ def test_srresnet_learns_to_beat_bicubic_on_held_out_textures(tmp_path):
     run_train(sr_overrides(train_dir, **{
         "model.G.width": 16, "trainer.max_steps": 800, "trainer.batch_size": 8, "optim.lr": 2e-3,
         "trainer.ema.enabled": "false", "trainer.sample_every": 0, "trainer.ckpt_every": 800, "trainer.log_every": 100,
-        "trainer.num_threads": 1,  # not auto: the thread count follows the machine's load, and so would the result
     }), tmp_path / "run")
     seconds = time.perf_counter() - start
     recipe, G, _ = rebuild_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", device=CPU)

@@ -82,6 +82,8 @@ def common(**extra: object) -> list[str]:
         "trainer.grid_size": 6,
         "trainer.num_workers": 0,
         "trainer.precision": "fp32",
+        # not auto: auto threads follow the machine's load, so two runs compared bit for bit could differ
+        "trainer.num_threads": 1,
         "logger.mode": "disabled",
     }
     overrides.update(extra)
