@@ -12,9 +12,10 @@ what `precision=auto` picks on a CPU without bf16 (on such a CPU, ganrun already
 
 - ganrun: its real CLI, `python -m ganrun train dataset.root=ROOT` with ganrun's defaults
   (DCGAN at 28 px with the width its budget gets: 64 for 10 minutes, 32 for 5 or less; bce,
-  Adam 2e-4/(0.5, 0.999), batch 64, precision=auto, channels_last, EMA, log/sample/checkpoint side work) plus only: trainer.max_steps=10^9 (the clock ends the run),
-  trainer.ckpt_every (--ckpt-every, default 200 instead of 500, for the curve; its cost is
-  measured and printed), logger.mode=disabled and the run dir. The budget ends it: with
+  Adam 2e-4/(0.5, 0.999), batch 64, precision=auto, channels_last, EMA, log/sample/checkpoint side
+  work) plus only: trainer.max_steps=10^9 (the clock ends the run), trainer.ckpt_every
+  (--ckpt-every, default 200 instead of 500, for the curve; its cost is measured and printed),
+  logger.mode=disabled and the run dir. The budget ends it: with
   trainer.max_time when this ganrun's config has that key, and in any case SIGTERM at the budget
   (ganrun finishes the step, writes a checkpoint and exits 143). No in-training evaluation:
   checkpoints are kept at the curve's times (the first one written after each) and measured
