@@ -250,10 +250,10 @@ def dcgan_width(resolution: int, max_time: Any = None, max_steps: Optional[int] 
     test digits on 2 CPU cores): width 32 runs twice the steps and won at 2.5 minutes (35.9 vs 39.3 on
     an AMD EPYC, 2,000 samples), tied at 5 (24.81 vs 24.80 on an Intel Xeon with AMX), and lost at 10
     (20.83 vs 16.48 on that Xeon, 10,000 samples). Those are bf16 figures: in fp32 width 32 still read
-    better at 10 minutes (20.01 vs 21.35, one run each), which this rule does not yet follow. A resumed run keeps its checkpoint's width whatever
-    budget it is given (`ganrun.loop.setup.merge_resume_config`). The pinned `experiment=dcgan_mnist`
-    and `cgan_mnist` keep 64. A `max_time` that does not parse counts as no budget here: the loop's
-    check reports it."""
+    better at 10 minutes (20.01 vs 21.35, one run each), which this rule does not yet follow. A resumed
+    run keeps its checkpoint's width whatever budget it is given (`ganrun.loop.setup.merge_resume_config`).
+    The pinned `experiment=dcgan_mnist` and `cgan_mnist` keep 64. A `max_time` that does not parse
+    counts as no budget here: the loop's check reports it."""
     if resolution != 28:
         return 64
     try:
