@@ -110,7 +110,8 @@ def choose_threads(requested: Optional[int], *, cpus: int, load: float, own_load
     `own_recent_load`). Under contention
     fewer threads win: OpenMP threads that outnumber the free cores wait on each other at every
     parallel region (DCGAN on MNIST on a 2-core machine at load 4-8: 2 threads 29-127 img/s
-    spinning and 158-443 with OMP_WAIT_POLICY=PASSIVE, which ganrun sets; 1 thread 85-476).
+    spinning and 158-443 with OMP_WAIT_POLICY=PASSIVE; 1 thread 85-476; beside one busy 2-thread
+    job, 2 threads 46-491 img/s whatever the wait policy, 1 thread 860-1,360; ganrun/cli.py).
     """
     busy = max(0.0, load - own_load)
     if requested is not None:

@@ -331,11 +331,14 @@ def test_busy_cores_on_this_machine_are_a_count_of_its_cores():
     assert measured is not None and 0.0 <= measured <= len(cpus)
 
 
-@pytest.mark.parametrize(("env", "policy"), [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE")])
-def test_the_cli_makes_openmp_wait_passively_unless_the_user_chose(env, policy):
-    base = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
-    result = subprocess.run(
-        [sys.executable, "-c", "import os, sys, ganrun.cli; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"],
-        capture_output=True, text=True, cwd=REPO, env={**base, **env}, timeout=120,
-    )
-    assert result.stdout.split() == [policy, "False"], result.stderr  # set before torch (and its OpenMP) loads
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, "unset 30000"),                                   # a bounded spin, not libgomp's long default
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, "PASSIVE unset"),     # the user's policy stands alone
+    ({"GOMP_SPINCOUNT": "0"}, "unset 0"),                  # so does the user's spin count
+])
+def test_the_cli_bounds_openmp_spinning_unless_the_user_chose(env, expected):
+    base = {key: value for key, value in os.environ.items() if key not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = ("import os, sys, ganrun.cli; e = os.environ; "
+            "print(e.get('OMP_WAIT_POLICY', 'unset'), e.get('GOMP_SPINCOUNT', 'unset'), 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env={**base, **env}, timeout=120)
+    assert result.stdout.split() == [*expected.split(), "False"], result.stderr  # set before torch (and its OpenMP) loads
