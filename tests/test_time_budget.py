@@ -129,9 +129,11 @@ def test_max_steps_still_ends_a_run_that_has_time_left(mnist_root, tmp_path, cap
     assert "reached at step" not in capsys.readouterr().out
 
 
-def test_budget_reach_extrapolates_this_sessions_rate():
-    assert budget_reach(start_step=100, step=150, elapsed=5.0, budget=60.0) == 100 + 600
-    assert budget_reach(start_step=100, step=100, elapsed=5.0, budget=60.0) == 100  # nothing measured yet
+def test_budget_reach_extrapolates_the_rate_since_the_first_step_over_the_time_left():
+    # 50 steps in the 5 s since the loop began, 55 s left: 10 steps/s -> 550 more
+    assert budget_reach(start_step=100, step=150, stepping_seconds=5.0, remaining=55.0) == 150 + 550
+    assert budget_reach(start_step=100, step=100, stepping_seconds=5.0, remaining=55.0) == 100  # nothing measured yet
+    assert budget_reach(start_step=100, step=150, stepping_seconds=5.0, remaining=-1.0) == 150  # past the deadline
 
 
 # the progress line

@@ -42,12 +42,14 @@ def _grid_rows(n: int) -> int:
     return max(1, int(math.sqrt(n)))
 
 
-def budget_reach(*, start_step: int, step: int, elapsed: float, budget: float) -> int:
-    """The step a session that began at `start_step` and reached `step` after `elapsed` seconds
-    will likely reach in `budget` seconds, at the same rate (side work included)."""
-    if elapsed <= 0 or step <= start_step:
+def budget_reach(*, start_step: int, step: int, stepping_seconds: float, remaining: float) -> int:
+    """The step a session will likely reach by its deadline: `step` plus the rate since its first
+    step (from `start_step`, `stepping_seconds` ago; side work included) times the `remaining`
+    seconds. Start-up (imports, data, the first grids) is not in the rate: it does not recur, and
+    over a first log window of a fraction of a second it made the estimate several times too low."""
+    if stepping_seconds <= 0 or step <= start_step:
         return start_step
-    return start_step + int((step - start_step) / elapsed * budget)
+    return step + int((step - start_step) / stepping_seconds * max(0.0, remaining))
 
 
 def end_summary(*, step: int, max_steps: int, images_seen: int, wall_seconds: float, run_dir: Path,
@@ -146,6 +148,7 @@ class Run:
         checkpoint. A time stop starts no evaluation (FID can take minutes): eval keeps its own
         interval and runs at max_steps."""
         trainer, progress, recipe = self.trainer, self.progress, self.recipe
+        self.loop_start = time.monotonic()  # the budget estimate's rate counts from here
         window_start, window_images, side_time = time.perf_counter(), 0, 0.0
         while progress.step < trainer.max_steps:
             if signals.should_stop():
@@ -203,8 +206,9 @@ class Run:
         if self.budget is None or self.tracker is None:
             return
         start_step = self.tracker.start_step
-        reach = max(self.progress.step, budget_reach(start_step=start_step, step=self.progress.step,
-                                                     elapsed=time.monotonic() - self.session_start, budget=self.budget))
+        now = time.monotonic()
+        reach = budget_reach(start_step=start_step, step=self.progress.step, stepping_seconds=now - self.loop_start,
+                             remaining=self.deadline - now)
         self.tracker.set_horizon(reach)
         if self.budget_announced or self.progress.step >= self.trainer.max_steps:
             return
