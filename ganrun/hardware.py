@@ -144,6 +144,30 @@ def load_average() -> float:
 CPU_STAT_WINDOW_S = 0.3  # how long busy_cores_now watches: 30 scheduler ticks per core at 100 Hz
 
 
+def cpu_ticks(wanted: set[str], stat: Path = Path("/proc/stat")) -> Optional[tuple[int, int]]:
+    """(busy, total) scheduler ticks so far of the CPUs named in `wanted` ("cpu0", ...), from
+    /proc/stat (busy = user, nice, system, irq, softirq, steal; idle = idle, iowait); None when
+    it cannot be read or lacks one of them."""
+    busy = total = 0
+    try:
+        lines = stat.read_text().splitlines()
+    except OSError:
+        return None
+    seen = 0
+    for line in lines:
+        fields = line.split()
+        if not fields or fields[0] not in wanted:
+            continue
+        try:
+            user, nice, system, idle, iowait, irq, softirq, steal = (int(value) for value in fields[1:9])
+        except ValueError:
+            return None
+        busy += user + nice + system + irq + softirq + steal
+        total += user + nice + system + irq + softirq + steal + idle + iowait
+        seen += 1
+    return (busy, total) if seen == len(wanted) else None
+
+
 def busy_cores_now(*, cpus: Iterable[int], window: float = CPU_STAT_WINDOW_S, stat: Path = Path("/proc/stat"),
                    sleep: Callable[[float], None] = time.sleep) -> Optional[float]:
     """Cores of `cpus` (CPU numbers, e.g. this process's affinity mask) that other processes kept
@@ -158,27 +182,7 @@ def busy_cores_now(*, cpus: Iterable[int], window: float = CPU_STAT_WINDOW_S, st
     wanted = {f"cpu{number}" for number in cpus}
     if not wanted:
         return None
-
-    def ticks() -> Optional[tuple[int, int]]:
-        busy = total = 0
-        try:
-            lines = stat.read_text().splitlines()
-        except OSError:
-            return None
-        seen = 0
-        for line in lines:
-            fields = line.split()
-            if not fields or fields[0] not in wanted:
-                continue
-            try:
-                user, nice, system, idle, iowait, irq, softirq, steal = (int(value) for value in fields[1:9])
-            except ValueError:
-                return None
-            busy += user + nice + system + irq + softirq + steal
-            total += user + nice + system + irq + softirq + steal + idle + iowait
-            seen += 1
-        return (busy, total) if seen == len(wanted) else None
-
+    ticks = lambda: cpu_ticks(wanted, stat)  # noqa: E731
     before, own_before, clock_before = ticks(), time.process_time(), time.monotonic()
     if before is None:
         return None
@@ -221,6 +225,46 @@ def set_threads(requested: Optional[int], *, device: torch.device, ranks: int = 
         choice = choose_threads(requested, cpus=cpus, load=load_average(), own_load=own_recent_load(), ranks=ranks)
     torch.set_num_threads(choice.threads)
     return choice
+
+
+class ThreadWatch:
+    """Auto threads that follow the load during a CPU run (trainer.num_threads=null).
+
+    `set_threads` chooses at the start; a job that starts later on the same cores (a test run, a
+    second training) made a 2-thread ganrun crawl: `make train` beside a starting CI ran 3,200
+    img/s, then 400-800 once the tests began, where 1 thread keeps 860-1,360 (ganrun/cli.py).
+    `poll()`, called at each log window, measures other processes' busy cores since the last
+    measurement (/proc/stat ticks less this process's CPU time, as `busy_cores_now` does, but
+    without sleeping) at most every `interval` seconds, and applies `choose_threads` again.
+    Returns the new ThreadChoice when the thread count changed, else None. Off Linux (no
+    /proc/stat) it never changes anything.
+    """
+
+    def __init__(self, *, choice: ThreadChoice, ranks: int = 1, interval: float = 10.0, stat: Path = Path("/proc/stat")):
+        self.choice, self.ranks, self.interval, self.stat = choice, ranks, interval, stat
+        self.wanted = {f"cpu{number}" for number in affinity()}
+        self._mark()
+
+    def _mark(self) -> None:
+        self.ticks, self.own, self.clock = cpu_ticks(self.wanted, self.stat), time.process_time(), time.monotonic()
+
+    def poll(self) -> Optional[ThreadChoice]:
+        elapsed = time.monotonic() - self.clock
+        if self.ticks is None or elapsed < self.interval:
+            return None
+        before, own_before = self.ticks, self.own
+        self._mark()
+        after = self.ticks
+        if after is None or after[1] <= before[1]:
+            return None
+        share = (after[0] - before[0]) / (after[1] - before[1])
+        busy = min(float(len(self.wanted)), max(0.0, share * len(self.wanted) - (self.own - own_before) / elapsed))
+        new = choose_threads(None, cpus=self.choice.cpus, load=busy, ranks=self.ranks)
+        if new.threads == self.choice.threads:
+            return None
+        torch.set_num_threads(new.threads)
+        self.choice = new
+        return new
 
 
 def describe(device: torch.device, threads: Optional[ThreadChoice] = None) -> str:

@@ -21,7 +21,7 @@ from test_cli import assert_one_line_error
 
 from ganrun.config import format_duration, parse_duration
 from ganrun.errors import GanrunError
-from ganrun.hardware import ThreadChoice, busy_cores_now, choose_threads, describe, own_recent_load
+from ganrun.hardware import ThreadChoice, ThreadWatch, affinity, busy_cores_now, choose_threads, describe, own_recent_load
 from ganrun.loop.checkpoint import LAST, load_checkpoint
 from ganrun.loop.run import budget_reach, end_summary
 from ganrun.loop.tracking import Tracker, estimate_eta
@@ -344,3 +344,34 @@ def test_the_cli_bounds_openmp_spinning_unless_the_user_chose(env, expected):
             "print(e.get('OMP_WAIT_POLICY', 'unset'), e.get('GOMP_SPINCOUNT', 'unset'), 'torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env={**base, **env}, timeout=120)
     assert result.stdout.split() == [*expected.split(), "False"], result.stderr  # set before torch (and its OpenMP) loads
+
+
+def test_auto_threads_follow_the_load_during_a_run(tmp_path):
+    """A job that starts beside the run takes a thread back; when it ends, the thread returns."""
+    cpus = sorted(affinity())
+    stat = tmp_path / "stat"
+
+    def write(busy_per_cpu: int, total_per_cpu: int) -> None:
+        # user busy, idle rest: "cpuN user nice system idle iowait irq softirq steal"
+        stat.write_text("".join(f"cpu{n} {busy_per_cpu} 0 0 {total_per_cpu - busy_per_cpu} 0 0 0 0\n" for n in cpus))
+
+    threads_before = torch.get_num_threads()
+    try:
+        write(0, 1000)
+        watch = ThreadWatch(choice=ThreadChoice(threads=len(cpus), cpus=len(cpus), busy=0.0), interval=0.0, stat=stat)
+        time.sleep(0.05)
+        write(1000, 2000)  # every core fully busy since, and this process idle: others took them
+        changed = watch.poll()
+        assert changed is not None and changed.threads == 1 and torch.get_num_threads() == 1
+        assert changed.busy > len(cpus) - 0.5
+        time.sleep(0.05)
+        write(1000, 3000)  # the other job ended
+        if len(cpus) > 1:
+            back = watch.poll()
+            assert back is not None and back.threads == len(cpus) and torch.get_num_threads() == len(cpus)
+        time.sleep(0.05)
+        write(1000, 4000)
+        assert watch.poll() is None  # no change, no note
+    finally:
+        torch.set_num_threads(threads_before)
+

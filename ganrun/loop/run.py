@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ganrun.config import format_duration, parse_duration
 from ganrun.errors import GanrunError, SideWorkInterrupted
-from ganrun.hardware import PrecisionPolicy, describe, set_threads
+from ganrun.hardware import PrecisionPolicy, ThreadWatch, describe, set_threads
 from ganrun.loop import distributed
 from ganrun.loop.checkpoint import save_checkpoint_file, write_checkpoint
 from ganrun.loop.monitor import LossMonitor
@@ -116,6 +116,9 @@ class Run:
         ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # torchrun's processes on this machine
         threads_before = torch.get_num_threads()  # given back at the end (a sweep's next job chooses afresh)
         self.threads = set_threads(self.trainer.get("num_threads"), device=self.device, ranks=ranks_here)
+        # Auto threads on CPU follow the load as it changes (another job starting or ending).
+        auto_cpu = self.trainer.get("num_threads") is None and self.device.type == "cpu"
+        self.thread_watch = ThreadWatch(choice=self.threads, ranks=ranks_here) if auto_cpu else None
         stopped_by: Optional[int] = None
         exit_code = 1
         try:
@@ -174,6 +177,7 @@ class Run:
                 self.log_window(window_images, time.perf_counter() - window_start - side_time)
                 window_start, window_images, side_time = time.perf_counter(), 0, 0.0
                 self._update_budget_estimate()
+                self._follow_the_load()
             side_start = time.perf_counter()
             if trainer.sample_every and (progress.step % trainer.sample_every == 0 or last_step):
                 self.save_samples()
@@ -199,6 +203,16 @@ class Run:
         if self.context.enabled:
             distributed.all_reduce(flag, op="max")
         return bool(flag.item())
+
+    def _follow_the_load(self) -> None:
+        """Auto threads: a new count when other processes' load changed (hardware.ThreadWatch), said once per change."""
+        changed = None if self.thread_watch is None else self.thread_watch.poll()
+        if changed is None:
+            return
+        before, self.threads = self.threads, changed
+        if self.tracker is not None:
+            self.tracker.note(f"threads: {before.threads} -> {changed.threads} at step {self.progress.step:,} "
+                              f"({changed.busy:.1f} cores busy with other processes)")
 
     def _update_budget_estimate(self) -> None:
         """Under a time budget, after each log window: the step the budget will likely reach
