@@ -38,9 +38,10 @@ register_schemas()
 # alone on 2 cores of a Xeon (bf16) ran 2,610 img/s passive vs 4,424 with a short spin (width 32),
 # 1,539 vs 2,141 (width 64; fp32: 905 vs 1,108). Beside another busy 2-thread job the short spin
 # read like passive (width 64, 2 threads, two rounds: 327/452 vs 455/288 img/s beside a spinning
-# job, 68 vs 46 beside a passive one; 1 thread: 860-1,360 either way), and auto threads (hardware.choose_threads) take 1 thread there anyway. So a
-# bounded spin of 30,000 iterations (libgomp's default is 300,000; a pause is tens of ns, so
-# about a millisecond), unless the user chose a policy or spin count.
+# job, 68 vs 46 beside a passive one; 1 thread: 860-1,360 either way), and there auto threads
+# take 1 thread anyway (hardware.choose_threads, ThreadWatch). So a bounded spin of 30,000
+# iterations (libgomp's default is 300,000; a pause is tens of ns, so about a millisecond),
+# unless the user chose a policy or spin count.
 # libgomp reads these when torch loads it, so they are set here, before anything imports torch.
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["GOMP_SPINCOUNT"] = "30000"

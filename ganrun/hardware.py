@@ -182,12 +182,11 @@ def busy_cores_now(*, cpus: Iterable[int], window: float = CPU_STAT_WINDOW_S, st
     wanted = {f"cpu{number}" for number in cpus}
     if not wanted:
         return None
-    ticks = lambda: cpu_ticks(wanted, stat)  # noqa: E731
-    before, own_before, clock_before = ticks(), time.process_time(), time.monotonic()
+    before, own_before, clock_before = cpu_ticks(wanted, stat), time.process_time(), time.monotonic()
     if before is None:
         return None
     sleep(window)
-    after, own, elapsed = ticks(), time.process_time() - own_before, time.monotonic() - clock_before
+    after, own, elapsed = cpu_ticks(wanted, stat), time.process_time() - own_before, time.monotonic() - clock_before
     if after is None or after[1] <= before[1]:
         return None
     share = (after[0] - before[0]) / (after[1] - before[1])  # of all ticks the cores had in the window
