@@ -168,6 +168,31 @@ def cpu_ticks(wanted: set[str], stat: Path = Path("/proc/stat")) -> Optional[tup
     return (busy, total) if seen == len(wanted) else None
 
 
+class OtherLoad:
+    """Cores of `cpus` that other processes kept busy between two looks: /proc/stat's tick counters
+    (`cpu_ticks`) less this process's own CPU time. Each `since_last()` measures since the previous
+    look (or construction) and starts the next span; `ticks` is None where /proc/stat can't be read."""
+
+    def __init__(self, *, cpus: Iterable[int], stat: Path = Path("/proc/stat")):
+        self.wanted, self.stat = {f"cpu{number}" for number in cpus}, stat
+        self._mark()
+
+    def _mark(self) -> None:
+        self.ticks, self.own, self.clock = cpu_ticks(self.wanted, self.stat), time.process_time(), time.monotonic()
+
+    def since_last(self, *, min_span: float = 1e-3) -> Optional[float]:
+        """A number in [0, len(cpus)], or None when the counters cannot be read or did not move.
+        `min_span` (s) floors the span this process's CPU time is divided by."""
+        before, own_before, clock_before = self.ticks, self.own, self.clock
+        self._mark()
+        after = self.ticks
+        if before is None or after is None or after[1] <= before[1]:
+            return None
+        share = (after[0] - before[0]) / (after[1] - before[1])  # of all ticks the cores had in the span
+        others = share * len(self.wanted) - (self.own - own_before) / max(self.clock - clock_before, min_span)
+        return min(float(len(self.wanted)), max(0.0, others))
+
+
 def busy_cores_now(*, cpus: Iterable[int], window: float = CPU_STAT_WINDOW_S, stat: Path = Path("/proc/stat"),
                    sleep: Callable[[float], None] = time.sleep) -> Optional[float]:
     """Cores of `cpus` (CPU numbers, e.g. this process's affinity mask) that other processes kept
@@ -179,19 +204,14 @@ def busy_cores_now(*, cpus: Iterable[int], window: float = CPU_STAT_WINDOW_S, st
     job ends it still reads busy for a minute or more (`make test` then `make train` got 1 thread of
     2 on an idle machine), and a job that just started has barely moved it yet.
     """
-    wanted = {f"cpu{number}" for number in cpus}
-    if not wanted:
+    cpus = set(cpus)
+    if not cpus:
         return None
-    before, own_before, clock_before = cpu_ticks(wanted, stat), time.process_time(), time.monotonic()
-    if before is None:
+    load = OtherLoad(cpus=cpus, stat=stat)
+    if load.ticks is None:
         return None
     sleep(window)
-    after, own, elapsed = cpu_ticks(wanted, stat), time.process_time() - own_before, time.monotonic() - clock_before
-    if after is None or after[1] <= before[1]:
-        return None
-    share = (after[0] - before[0]) / (after[1] - before[1])  # of all ticks the cores had in the window
-    others = share * len(wanted) - own / max(elapsed, window, 1e-3)
-    return min(float(len(wanted)), max(0.0, others))
+    return load.since_last(min_span=window)
 
 
 def own_recent_load(stat: Path = Path("/proc/self/stat"), uptime: Path = Path("/proc/uptime")) -> float:
@@ -233,31 +253,22 @@ class ThreadWatch:
     second training) made a 2-thread ganrun crawl: `make train` beside a starting CI ran 3,200
     img/s, then 400-800 once the tests began, where 1 thread keeps 860-1,360 (ganrun/cli.py).
     `poll()`, called at each log window, measures other processes' busy cores since the last
-    measurement (/proc/stat ticks less this process's CPU time, as `busy_cores_now` does, but
-    without sleeping) at most every `interval` seconds, and applies `choose_threads` again.
+    measurement (`OtherLoad`, as `busy_cores_now` does, but without sleeping) at most every
+    `interval` seconds, and applies `choose_threads` again.
     Returns the new ThreadChoice when the thread count changed, else None. Off Linux (no
     /proc/stat) it never changes anything.
     """
 
     def __init__(self, *, choice: ThreadChoice, ranks: int = 1, interval: float = 10.0, stat: Path = Path("/proc/stat")):
-        self.choice, self.ranks, self.interval, self.stat = choice, ranks, interval, stat
-        self.wanted = {f"cpu{number}" for number in affinity()}
-        self._mark()
-
-    def _mark(self) -> None:
-        self.ticks, self.own, self.clock = cpu_ticks(self.wanted, self.stat), time.process_time(), time.monotonic()
+        self.choice, self.ranks, self.interval = choice, ranks, interval
+        self.load = OtherLoad(cpus=affinity(), stat=stat)
 
     def poll(self) -> Optional[ThreadChoice]:
-        elapsed = time.monotonic() - self.clock
-        if self.ticks is None or elapsed < self.interval:
+        if self.load.ticks is None or time.monotonic() - self.load.clock < self.interval:
             return None
-        before, own_before = self.ticks, self.own
-        self._mark()
-        after = self.ticks
-        if after is None or after[1] <= before[1]:
+        busy = self.load.since_last()
+        if busy is None:
             return None
-        share = (after[0] - before[0]) / (after[1] - before[1])
-        busy = min(float(len(self.wanted)), max(0.0, share * len(self.wanted) - (self.own - own_before) / elapsed))
         new = choose_threads(None, cpus=self.choice.cpus, load=busy, ranks=self.ranks)
         if new.threads == self.choice.threads:
             return None

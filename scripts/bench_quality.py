@@ -7,8 +7,9 @@ each, then FID/KID of both with one protocol (#16 item 3). Prints figures; asser
 Training, one contender after the other, each in its own process with the same --threads and
 nothing else running (the evaluation waits until all are done). OpenMP waits as each would by
 itself: ganrun's CLI bounds the spin (GOMP_SPINCOUNT=30000, ganrun/cli.py), the textbook worker
-keeps libgomp's default; before 2026-12-01 ganrun waited passively, 30-40 % slower per step. The clock of each starts when
-its process is launched, so start-up (imports, reading MNIST, building) is inside the budget.
+keeps libgomp's default; before 2026-12-01 ganrun waited passively, 30-40 % slower per step. The
+clock of each starts when its process is launched, so start-up (imports, reading MNIST, building)
+is inside the budget.
 --also-fp32 adds a third contender, ganrun_fp32: the same defaults with trainer.precision=fp32,
 what `precision=auto` picks on a CPU without bf16 (on such a CPU, ganrun already is fp32).
 
