@@ -231,6 +231,7 @@ def register_schemas() -> None:
     store.store(name="schema_eval", node=EvalConfig)
     OmegaConf.register_new_resolver("classes_if", classes_if, replace=True)
     OmegaConf.register_new_resolver("dcgan_width", dcgan_width, replace=True)
+    OmegaConf.register_new_resolver("dcgan_hidden", dcgan_hidden, replace=True)
 
 
 # A run at 28 px is short, and gets width 32, up to this budget: 5 minutes (or, with no time budget,
@@ -263,6 +264,23 @@ def dcgan_width(resolution: int, max_time: Any = None, max_steps: Optional[int] 
     if seconds is not None:
         return 32 if seconds <= SHORT_RUN_SECONDS else 64
     return 32 if max_steps is None or int(max_steps) <= SHORT_RUN_STEPS else 64
+
+
+# The fully connected layer of InfoGAN's MNIST networks (Chen et al. 2016), the 28-px default.
+MNIST_HIDDEN = 1024
+
+
+def dcgan_hidden(resolution: int) -> int:
+    """`${dcgan_hidden:${dataset.resolution}}`: units of the fully connected layer DCGAN's G and D
+    add at 28 px (MNIST, Fashion-MNIST), 0 (the paper's all-convolutional network) elsewhere.
+
+    1024 is InfoGAN's MNIST layout (Chen et al. 2016, appendix C.1), the networks of Lucic et al.
+    2018's MNIST study. Chosen by measurement (README, "Defaults by measurement"): on 2 CPU cores
+    of an Intel Xeon with AMX, 10 minutes of `optim.G.lr=4e-4 trainer.ema.half_life_kimg=50` at
+    width 64 read FID 6.75 (10,000 G_ema samples vs the MNIST test digits) with it after 6,991
+    steps, against 14.93 without it after 18,244 steps: a third of the steps for less than half the
+    FID. The pinned `experiment=dcgan_mnist` and `cgan_mnist` keep the paper's 0."""
+    return MNIST_HIDDEN if resolution == 28 else 0
 
 
 def classes_if(conditional: bool, num_classes: int) -> int:

@@ -3,6 +3,12 @@
 64x64 is exactly the paper's (and pytorch/examples') network; other resolutions add or
 remove stride-2 stages: 28 (MNIST) starts from 7x7, 32/64/128 from 4x4.
 
+`hidden > 0` adds one fully connected layer of that many units where the conv stacks meet z and the
+logit, the layout of InfoGAN's MNIST networks (Chen et al. 2016, appendix C.1: G z -> FC 1024 -> FC
+7x7x128 -> deconv 64 -> deconv 1; D conv 64 -> conv 128 -> FC 1024 -> FC 1), which Lucic et al.
+2018 ("Are GANs Created Equal?") used for their MNIST study. 0 (the default) is the DCGAN paper's
+all-convolutional network, which drops such layers.
+
 Conditional (`num_classes > 0`, Mirza & Osindero 2014): G sees a learned class embedding
 concatenated to z; D adds a projection term `<embed(y), sum-pooled features>` to its logit
 (Miyato & Koyama 2018).
@@ -49,7 +55,7 @@ def init_dcgan_weights(module: nn.Module) -> None:
             nn.init.normal_(layer.weight, 0.0, 0.02)
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
-        elif isinstance(layer, nn.BatchNorm2d):
+        elif isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
             nn.init.normal_(layer.weight, 1.0, 0.02)
             nn.init.zeros_(layer.bias)
 
@@ -60,20 +66,27 @@ def init_dcgan_weights(module: nn.Module) -> None:
 class Generator(nn.Module):
     """z (N, z_dim) [, labels (N,)] -> image (N, channels, resolution, resolution) in [-1, 1]."""
 
-    def __init__(self, *, z_dim: int = 100, resolution: int = 64, channels: int = 3, width: int = 64, num_classes: int = 0):
+    def __init__(self, *, z_dim: int = 100, resolution: int = 64, channels: int = 3, width: int = 64, num_classes: int = 0,
+                 hidden: int = 0):
         super().__init__()
+        if hidden < 0:
+            raise GanrunError(f"model.G.hidden must be >= 0 (0 = no fully connected layer), got {hidden}")
         self.z_dim = z_dim
+        self.hidden = hidden
         # The label embedding is as wide as z, so 100 noise dims do not drown it.
         self.embed = nn.Embedding(num_classes, z_dim) if num_classes else None
         input_dim = 2 * z_dim if num_classes else z_dim
         stages = _num_stages(resolution)
         start = START_SIZE[resolution]
         widths = [width * 2 ** (stages - 1 - i) for i in range(stages)]  # e.g. 512, 256, 128, 64
-        layers: list[nn.Module] = [
-            nn.ConvTranspose2d(input_dim, widths[0], start, 1, 0, bias=False),
-            nn.BatchNorm2d(widths[0]),
-            nn.ReLU(True),
-        ]
+        if hidden:  # InfoGAN's z -> FC hidden -> FC start x start x widths[0], BatchNorm and ReLU after each
+            layers: list[nn.Module] = [
+                nn.Linear(input_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(True),
+                nn.Linear(hidden, widths[0] * start * start, bias=False), nn.BatchNorm1d(widths[0] * start * start),
+                nn.ReLU(True), nn.Unflatten(1, (widths[0], start, start)),
+            ]
+        else:  # DCGAN's projection of z: a transposed conv from 1x1 to start x start
+            layers = [nn.ConvTranspose2d(input_dim, widths[0], start, 1, 0, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(True)]
         for w_in, w_out in zip(widths[:-1], widths[1:]):
             layers += [nn.ConvTranspose2d(w_in, w_out, 4, 2, 1, bias=False), nn.BatchNorm2d(w_out), nn.ReLU(True)]
         layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
@@ -88,25 +101,31 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.embed is not None:
             z = torch.cat([z, self.embed(labels)], dim=1)
-        return self.main(z.view(z.shape[0], -1, 1, 1))
+        return self.main(z.flatten(1) if self.hidden else z.view(z.shape[0], -1, 1, 1))
 
 
 class Discriminator(nn.Module):
     """image [, labels (N,)] -> one real/fake logit per image (N,). No sigmoid: losses work on logits."""
 
-    def __init__(self, *, resolution: int = 64, channels: int = 3, width: int = 64, num_classes: int = 0):
+    def __init__(self, *, resolution: int = 64, channels: int = 3, width: int = 64, num_classes: int = 0, hidden: int = 0):
         super().__init__()
+        if hidden < 0:
+            raise GanrunError(f"model.D.hidden must be >= 0 (0 = no fully connected layer), got {hidden}")
         stages = _num_stages(resolution)
         start = START_SIZE[resolution]
         widths = [width * 2**i for i in range(stages)]  # e.g. 64, 128, 256, 512
         layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
         for w_in, w_out in zip(widths[:-1], widths[1:]):
             layers += [nn.Conv2d(w_in, w_out, 4, 2, 1, bias=False), nn.BatchNorm2d(w_out), nn.LeakyReLU(0.2, True)]
-        layers += [nn.Conv2d(widths[-1], 1, start, 1, 0, bias=False)]
+        if hidden:  # InfoGAN's FC hidden (BatchNorm, LeakyReLU) -> FC 1
+            layers += [nn.Flatten(), nn.Linear(widths[-1] * start * start, hidden, bias=False), nn.BatchNorm1d(hidden),
+                       nn.LeakyReLU(0.2, True), nn.Linear(hidden, 1)]
+        else:  # DCGAN's final conv over the whole start x start map
+            layers += [nn.Conv2d(widths[-1], 1, start, 1, 0, bias=False)]
         self.main = nn.Sequential(*layers)
         init_dcgan_weights(self)
-        # Projection: the real/fake logit stays DCGAN's final conv; the class term is added to it.
-        self.embed = nn.Embedding(num_classes, widths[-1]) if num_classes else None
+        # Projection: the real/fake logit stays the last layer's; the class term is added to it.
+        self.embed = nn.Embedding(num_classes, hidden or widths[-1]) if num_classes else None
         if self.embed is not None:
             nn.init.normal_(self.embed.weight, 0.0, 0.02)
 
@@ -115,4 +134,5 @@ class Discriminator(nn.Module):
             return self.main(image).flatten()
         features = self.main[:-1](image)
         logits = self.main[-1](features).flatten()
-        return logits + (self.embed(labels) * features.sum(dim=(2, 3))).sum(dim=1)
+        pooled = features if features.dim() == 2 else features.sum(dim=(2, 3))  # (N, hidden) or sum-pooled maps
+        return logits + (self.embed(labels) * pooled).sum(dim=1)
