@@ -266,21 +266,24 @@ def dcgan_width(resolution: int, max_time: Any = None, max_steps: Optional[int] 
     return 32 if max_steps is None or int(max_steps) <= SHORT_RUN_STEPS else 64
 
 
-# The fully connected layer of InfoGAN's MNIST networks (Chen et al. 2016), the 28-px default.
-MNIST_HIDDEN = 1024
+# Units of the fully connected layer at 28 px per unit of DCGAN width: InfoGAN's 1024 at width 64.
+HIDDEN_PER_WIDTH = 16
 
 
-def dcgan_hidden(resolution: int) -> int:
-    """`${dcgan_hidden:${dataset.resolution}}`: units of the fully connected layer DCGAN's G and D
-    add at 28 px (MNIST, Fashion-MNIST), 0 (the paper's all-convolutional network) elsewhere.
+def dcgan_hidden(resolution: int, width: int) -> int:
+    """`${dcgan_hidden:${dataset.resolution},${.width}}`: units of the fully connected layer that
+    DCGAN's G (after z) or D (before the logit) adds at 28 px (MNIST, Fashion-MNIST): 16 x that
+    network's width, 0 (the paper's all-convolutional network) at every other resolution.
 
-    1024 is InfoGAN's MNIST layout (Chen et al. 2016, appendix C.1), the networks of Lucic et al.
-    2018's MNIST study. Chosen by measurement (README, "Defaults by measurement"): on 2 CPU cores
-    of an Intel Xeon with AMX, 10 minutes of `optim.G.lr=4e-4 trainer.ema.half_life_kimg=50` at
-    width 64 read FID 6.75 (10,000 G_ema samples vs the MNIST test digits) with it after 6,991
-    steps, against 14.93 without it after 18,244 steps: a third of the steps for less than half the
-    FID. The pinned `experiment=dcgan_mnist` and `cgan_mnist` keep the paper's 0."""
-    return MNIST_HIDDEN if resolution == 28 else 0
+    At width 64 this is InfoGAN's MNIST layout (Chen et al. 2016, appendix C.1: conv stages of 64
+    and 128 channels, FC 1024), the networks of Lucic et al. 2018's MNIST study; it scales with the
+    width as the conv stages do, so width 32 (runs of up to 5 minutes, `dcgan_width`) gets 512.
+    Chosen by measurement (README, "Defaults by measurement"): on 2 CPU cores of an Intel Xeon with
+    AMX, 10 minutes of width 64 with `optim.G.lr=4e-4 trainer.ema.half_life_kimg=50` read FID 6.75
+    (10,000 G_ema samples vs the MNIST test digits) with 1024 units after 6,991 steps, against
+    14.93 without after 18,244 steps: a third of the steps for less than half the FID. The pinned
+    `experiment=dcgan_mnist` and `cgan_mnist` keep the paper's 0."""
+    return HIDDEN_PER_WIDTH * int(width) if resolution == 28 else 0
 
 
 def classes_if(conditional: bool, num_classes: int) -> int:

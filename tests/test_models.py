@@ -272,6 +272,52 @@ def test_dcgan_width_default_follows_the_resolution_and_budget_and_pinned_experi
     assert G.main[-2].in_channels == width  # the last transposed conv reads `width` channels
 
 
+@pytest.mark.parametrize(
+    "overrides,hidden",
+    [
+        ([], 512),  # 28 px: 16 x the width (32 for short runs)
+        (["trainer.max_time=00:10:00"], 1024),  # InfoGAN's MNIST layout at width 64
+        (["dataset=celeba"], 0),  # the paper's all-convolutional network everywhere else
+        (["dataset=cifar10"], 0),
+        (["experiment=dcgan_mnist"], 0),  # pinned recipes keep the paper's
+        (["experiment=cgan_mnist"], 0),
+    ],
+)
+def test_dcgan_fully_connected_layer_is_16_times_the_width_at_28_px_only(overrides, hidden):
+    cfg = compose_train(overrides)
+    assert (cfg.model.G.hidden, cfg.model.D.hidden) == (hidden, hidden)
+    G, D = build(cfg.model.G), build(cfg.model.D)
+    linear_widths = [layer.out_features for layer in G.modules() if isinstance(layer, torch.nn.Linear)]
+    assert linear_widths == ([hidden, 7 * 7 * 2 * cfg.model.G.width] if hidden else [])
+    assert [layer.in_features for layer in D.modules() if isinstance(layer, torch.nn.Linear)] == (
+        [7 * 7 * 2 * cfg.model.D.width, hidden] if hidden else [])
+
+
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_dcgan_with_a_fully_connected_layer_trains_both_networks_and_conditions_on_the_label(num_classes):
+    torch.manual_seed(0)
+    G = dcgan.Generator(z_dim=Z_DIM, resolution=28, channels=1, width=4, hidden=16, num_classes=num_classes)
+    D = dcgan.Discriminator(resolution=28, channels=1, width=4, hidden=16, num_classes=num_classes)
+    labels = torch.arange(6) % 10 if num_classes else None
+    fake = G(torch.randn(6, Z_DIM), labels)
+    assert fake.shape == (6, 1, 28, 28) and fake.abs().max() <= 1.0
+    logits = D(fake, labels)
+    assert logits.shape == (6,)
+    logits.sum().backward()
+    for name, network in (("G", G), ("D", D)):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in network.parameters()), name
+    if num_classes:  # the projection reads the 16 hidden units
+        assert D.embed.weight.shape == (10, 16)
+
+
+def test_dcgan_refuses_a_negative_fully_connected_width():
+    with pytest.raises(GanrunError, match="model.G.hidden must be >= 0"):
+        dcgan.Generator(resolution=28, channels=1, hidden=-1)
+    with pytest.raises(GanrunError, match="model.D.hidden must be >= 0"):
+        dcgan.Discriminator(resolution=28, channels=1, hidden=-1)
+
+
 def test_dcgan_widths_stay_independent_on_the_command_line():
     cfg = compose_train(["model.G.width=48"])
     assert (cfg.model.G.width, cfg.model.D.width) == (48, 32)
+    assert (cfg.model.G.hidden, cfg.model.D.hidden) == (768, 512)  # each follows its own network's width
