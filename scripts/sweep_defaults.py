@@ -60,6 +60,16 @@ SETTINGS |= {
     # The README's fourth table (--minutes 10 --samples 10000): the decay ends near the step 10 minutes reach
     "G4 ema50 decay20k": [*G4_EMA50, "optim.decay=linear", "optim.decay_start=0.5", "optim.total_steps=20000"],
 }
+# The README's fifth table (--minutes 10 --samples 10000): InfoGAN's 1024-unit fully connected layers, measured
+# when the 28-px default had none (first row, with `+optim.G.fused=true +optim.D.fused=true`, before Adam was
+# fused by default), then the 28-px default (ganrun/config.py dcgan_hidden); "no fc" is the network before it.
+FC1024 = ["model.G.hidden=1024", "model.D.hidden=1024"]
+NO_FC = ["model.G.hidden=0", "model.D.hidden=0"]
+SETTINGS |= {
+    "G4 ema50 fc1024": [*G4_EMA50, *FC1024],
+    "no fc": NO_FC,
+    "no fc G4 ema50": [*G4_EMA50, *NO_FC],
+}
 
 
 def run(name: str, overrides: list[str], *, root: Path, out: Path, seconds: float, samples: int, threads: int) -> dict:
