@@ -119,9 +119,10 @@ def test_kid_subsets_are_at_most_half_the_samples_so_kid_std_means_something(mon
     fake, real = features(100, seed=1, shift=0.05), features(100, seed=2)
     values = compute_metrics(fake, real, metrics=["kid"], kid_subset_size=1000)
     assert sizes == [50]
-    # Subsets of all 100 were the same 100 every time: kid_std 1e-7 whatever the model.
+    # Subsets of all 100 were the same 100 every time: kid_std is float rounding, whatever the model
+    # (1e-7 on most CPUs, 1.0e-6 on an AVX2 EPYC: summation order).
     whole = original(fake["2048"], real["2048"], kid_subsets=100, kid_subset_size=100, rng_seed=0, verbose=False)
-    assert whole["kernel_inception_distance_std"] < 1e-6
+    assert whole["kernel_inception_distance_std"] < 1e-5
     assert values["kid_std"] > 1e-3 * abs(values["kid_mean"]) and values["kid_std"] > 1000 * whole["kernel_inception_distance_std"]
 
     assert kid_subset_size_for(1000, 100, 81) == 40 and kid_subset_size_for(10, 100, 100) == 10
@@ -159,8 +160,8 @@ def test_a_decay_resumed_past_its_end_continues_to_zero_at_the_new_end(mnist_roo
     run_train(overrides, run_dir)
     run_train([f"resume={run_dir}", "trainer.max_steps=40"], run_dir)
 
-    rates = used[1::2]  # D then G each step, on the same schedule
-    assert len(rates) == 40 and used[0::2] == rates
+    rates = used[0::2]  # D then G each step, on the same schedule; G at twice D's rate (28-px DCGAN)
+    assert len(rates) == 40 and used[1::2] == pytest.approx([2 * rate for rate in rates])
     last = load_checkpoint(run_dir / "checkpoints" / LAST)
     assert last["config"]["optim"]["total_steps"] == 40 and last["progress"]["step"] == 40
     assert last["recipe"]["optimizers"]["G"]["param_groups"][0]["lr"] == 0.0  # 0 at the new end
