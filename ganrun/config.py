@@ -232,12 +232,16 @@ def register_schemas() -> None:
     OmegaConf.register_new_resolver("classes_if", classes_if, replace=True)
     OmegaConf.register_new_resolver("dcgan_width", dcgan_width, replace=True)
     OmegaConf.register_new_resolver("dcgan_hidden", dcgan_hidden, replace=True)
+    OmegaConf.register_new_resolver("dcgan_g_lr", dcgan_g_lr, replace=True)
 
 
-# A run at 28 px is short, and gets width 32, up to this budget: 5 minutes (or, with no time budget,
-# 10,000 steps: what width 32 reached in 5 minutes on the AMX Xeon, README "Defaults by measurement").
+# A run at 28 px is short up to this budget: 5 minutes of wall clock (width 16) or, with no time
+# budget, 10,000 steps (width 32: what width 32 reached in 5 minutes on the AMX Xeon, README
+# "Defaults by measurement").
 SHORT_RUN_SECONDS = 300
 SHORT_RUN_STEPS = 10_000
+SHORT_TIME_BUDGET_WIDTH = 16
+SHORT_STEP_BUDGET_WIDTH = 32
 
 
 def dcgan_width(resolution: int, max_time: Any = None, max_steps: Optional[int] = None) -> int:
@@ -245,16 +249,22 @@ def dcgan_width(resolution: int, max_time: Any = None, max_steps: Optional[int] 
     (channels of D's first and G's last stage) when the command line does not set one.
 
     64 is the paper's (Radford et al. 2016) and is kept everywhere except for short runs at 28 px
-    (MNIST, Fashion-MNIST): a time budget (`max_time`) of at most 5 minutes, or no time budget and at
-    most 10,000 steps (`max_steps`; the default 3,000 and `make train`'s 5 minutes are short). There 32,
-    by measurement of quality per CPU-minute (README, "Defaults by measurement", FID of G_ema vs MNIST
-    test digits on 2 CPU cores): width 32 runs twice the steps and won at 2.5 minutes (35.9 vs 39.3 on
-    an AMD EPYC, 2,000 samples), tied at 5 (24.81 vs 24.80 on an Intel Xeon with AMX), and lost at 10
-    (20.83 vs 16.48 on that Xeon, 10,000 samples). Those are bf16 figures: in fp32 width 32 still read
-    better at 10 minutes (20.01 vs 21.35, one run each), which this rule does not yet follow. A resumed
-    run keeps its checkpoint's width whatever budget it is given (`ganrun.loop.setup.merge_resume_config`).
-    The pinned `experiment=dcgan_mnist` and `cgan_mnist` keep 64. A `max_time` that does not parse
-    counts as no budget here: the loop's check reports it."""
+    (MNIST, Fashion-MNIST), by measurement of quality per CPU-minute (README, "Defaults by
+    measurement", FID of G_ema vs MNIST test digits on 2 CPU cores):
+    - a time budget (`max_time`) of at most 5 minutes (`make train`): 16. On 2 AVX2 cores of an AMD
+      EPYC (fp32) 3 minutes read FID 32.0 at width 16 (3,628 steps) against 50.8 at 32 (1,442 steps;
+      1,000 samples; both with the fully connected layers and G at 4e-4). Earlier, in bf16, 32 had
+      won over 64 at 2.5 minutes (35.9 vs 39.3, 2,000 samples) and tied at 5 (24.81 vs 24.80);
+      16 against 32 at 5 minutes on a bf16 CPU is unmeasured.
+    - no time budget and at most 10,000 steps (the default 3,000): 32; a step budget fixes the steps,
+      not the wait, and a wider network is better per step.
+    - longer budgets: 64, which won at 10 minutes on an Intel Xeon with AMX in bf16 (16.48 vs 20.83
+      at width 32, 10,000 samples). In fp32 width 32 still read better at 10 minutes there (20.01 vs
+      21.35, one run each), and on a CPU as slow as that EPYC 10 minutes are fewer steps than 5 on
+      the Xeon; this rule follows the budget, not the machine's speed.
+    A resumed run keeps its checkpoint's width whatever budget it is given
+    (`ganrun.loop.setup.merge_resume_config`). The pinned `experiment=dcgan_mnist` and `cgan_mnist`
+    keep 64. A `max_time` that does not parse counts as no budget here: the loop's check reports it."""
     if resolution != 28:
         return 64
     try:
@@ -262,8 +272,8 @@ def dcgan_width(resolution: int, max_time: Any = None, max_steps: Optional[int] 
     except GanrunError:
         seconds = None
     if seconds is not None:
-        return 32 if seconds <= SHORT_RUN_SECONDS else 64
-    return 32 if max_steps is None or int(max_steps) <= SHORT_RUN_STEPS else 64
+        return SHORT_TIME_BUDGET_WIDTH if seconds <= SHORT_RUN_SECONDS else 64
+    return SHORT_STEP_BUDGET_WIDTH if max_steps is None or int(max_steps) <= SHORT_RUN_STEPS else 64
 
 
 # Units of the fully connected layer at 28 px per unit of DCGAN width: InfoGAN's 1024 at width 64.
@@ -277,13 +287,34 @@ def dcgan_hidden(resolution: int, width: int) -> int:
 
     At width 64 this is InfoGAN's MNIST layout (Chen et al. 2016, appendix C.1: conv stages of 64
     and 128 channels, FC 1024), the networks of Lucic et al. 2018's MNIST study; it scales with the
-    width as the conv stages do, so width 32 (runs of up to 5 minutes, `dcgan_width`) gets 512.
+    width as the conv stages do: 512 at width 32 (step budgets of up to 10,000), 256 at width 16 (time
+    budgets of up to 5 minutes, `dcgan_width`).
     Chosen by measurement (README, "Defaults by measurement"): on 2 CPU cores of an Intel Xeon with
     AMX, 10 minutes of width 64 with `optim.G.lr=4e-4 trainer.ema.half_life_kimg=50` read FID 6.75
     (10,000 G_ema samples vs the MNIST test digits) with 1024 units after 6,991 steps, against
     14.93 without after 18,244 steps: a third of the steps for less than half the FID. The pinned
     `experiment=dcgan_mnist` and `cgan_mnist` keep the paper's 0."""
     return HIDDEN_PER_WIDTH * int(width) if resolution == 28 else 0
+
+
+# DCGAN's G learns at this multiple of optim.lr at 28 px (ganrun/config.py dcgan_g_lr).
+DCGAN_28PX_G_LR_RATIO = 2.0
+DCGAN_GENERATOR = "ganrun.models.dcgan.Generator"
+
+
+def dcgan_g_lr(lr: float, resolution: int, generator_target: Any) -> float:
+    """`${dcgan_g_lr:${optim.lr},${oc.select:dataset.resolution,0},${oc.select:model.G._target_,none}}`:
+    G's Adam learning rate (optim=adam). 2 x `optim.lr` (4e-4 beside D's 2e-4) for DCGAN's G at 28 px
+    (MNIST, Fashion-MNIST), `optim.lr` for every other network and resolution; `optim.G.lr=...` wins.
+
+    A faster G is what InfoGAN's MNIST training does with these networks (openai/InfoGAN,
+    launchers/run_mnist_exp.py: generator_learning_rate 1e-3, discriminator 2e-4). Chosen by
+    measurement (README, "Defaults by measurement"): G at 4e-4 read a better FID than 2e-4 in every
+    comparison made, at 2.5, 3, 5 and 10 minutes on three CPUs; most on 2 AVX2 cores of an AMD EPYC
+    in fp32, where 3 minutes (1,442 vs 1,467 steps, width 32 with the fully connected layers) read
+    FID 50.8 against 156.9 (1,000 G_ema samples vs 1,000 test digits). The pinned
+    `experiment=dcgan_mnist` and `cgan_mnist` keep DCGAN's equal rates."""
+    return float(lr) * (DCGAN_28PX_G_LR_RATIO if resolution == 28 and generator_target == DCGAN_GENERATOR else 1.0)
 
 
 def classes_if(conditional: bool, num_classes: int) -> int:

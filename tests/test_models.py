@@ -252,13 +252,13 @@ def test_mlp_generator_uses_batch_norm_for_images_and_not_for_points():
     [
         ([], 32),  # 28 px, a short run (3,000 steps): chosen by the quality-per-CPU-minute sweep
         (["dataset=fashion_mnist"], 32),
-        (["trainer.max_time=00:05:00", "trainer.max_steps=100000"], 32),  # make train's budget
-        (["trainer.max_time=300"], 32),
+        (["trainer.max_time=00:05:00", "trainer.max_steps=100000"], 16),  # make train's budget
+        (["trainer.max_time=300"], 16),
         (["trainer.max_time=00:10:00", "trainer.max_steps=100000"], 64),  # longer: the paper's width won
         (["trainer.max_time=5:01"], 64),
         (["trainer.max_steps=10000"], 32),  # no time budget: the step count decides
         (["trainer.max_steps=10001"], 64),
-        (["trainer.max_time=not-a-time"], 32),  # no budget here; the loop's check reports it
+        (["trainer.max_time=not-a-time"], 32),  # (as a step budget)  # no budget here; the loop's check reports it
         (["dataset=celeba"], 64),  # the paper's width everywhere else
         (["dataset=cifar10"], 64),
         (["experiment=dcgan_mnist"], 64),  # pinned recipes keep the paper's
@@ -275,7 +275,8 @@ def test_dcgan_width_default_follows_the_resolution_and_budget_and_pinned_experi
 @pytest.mark.parametrize(
     "overrides,hidden",
     [
-        ([], 512),  # 28 px: 16 x the width (32 for short runs)
+        ([], 512),  # 28 px: 16 x the width (32 for the default 3,000 steps)
+        (["trainer.max_time=300"], 256),  # make train's width 16
         (["trainer.max_time=00:10:00"], 1024),  # InfoGAN's MNIST layout at width 64
         (["dataset=celeba"], 0),  # the paper's all-convolutional network everywhere else
         (["dataset=cifar10"], 0),
@@ -321,3 +322,19 @@ def test_dcgan_widths_stay_independent_on_the_command_line():
     cfg = compose_train(["model.G.width=48"])
     assert (cfg.model.G.width, cfg.model.D.width) == (48, 32)
     assert (cfg.model.G.hidden, cfg.model.D.hidden) == (768, 512)  # each follows its own network's width
+
+
+@pytest.mark.parametrize("overrides, lrs", [
+    ([], (4e-4, 2e-4)),  # DCGAN at 28 px: G at twice optim.lr
+    (["trainer.max_time=600"], (4e-4, 2e-4)),
+    (["optim.lr=1e-4"], (2e-4, 1e-4)),  # optim.lr sets D's, G's follows at 2x
+    (["optim.G.lr=3e-4"], (3e-4, 2e-4)),  # an explicit G rate wins
+    (["dataset=celeba"], (2e-4, 2e-4)),
+    (["dataset=cifar10"], (2e-4, 2e-4)),
+    (["model=sngan"], (2e-4, 2e-4)),  # another network at 28 px keeps equal rates
+    (["experiment=dcgan_mnist"], (2e-4, 2e-4)),  # the pinned paper settings
+    (["experiment=cgan_mnist"], (2e-4, 2e-4)),
+])
+def test_dcgan_g_learns_at_twice_the_rate_at_28_px_only(overrides, lrs):
+    cfg = compose_train(overrides)
+    assert (cfg.optim.G.lr, cfg.optim.D.lr) == pytest.approx(lrs)

@@ -185,8 +185,8 @@ def _loss_attribute(run, key, expected):
 
 def _optim(run, key, expected):
     name = key.split(".")[1]
-    if name == "lr":
-        assert [g["lr"] for net in ("G", "D") for g in groups(run, net)] == [expected, expected]
+    if name == "lr":  # DCGAN at 28 px: G at twice optim.lr (ganrun.config.dcgan_g_lr)
+        assert [g["lr"] for net in ("G", "D") for g in groups(run, net)] == pytest.approx([2 * expected, expected])
     elif name in ("decay", "decay_start", "total_steps"):
         schedules = run.state.recipe.schedulers
         assert set(schedules) == {"G", "D"} and all(s.last_epoch == BASE_STEPS for s in schedules.values())
@@ -302,15 +302,15 @@ def test_a_new_learning_rate_trains_at_the_new_rate(mnist_root, tmp_path):
     before = load_checkpoint(fast / "checkpoints" / LAST)["recipe"]["networks"]["D"]
     assert load_checkpoint(fast / "checkpoints" / LAST)["recipe"]["optimizers"]["D"]["param_groups"][0]["lr"] == 2e-4
 
-    run = resume(fast, "optim.lr=1e-3", max_steps=21)
-    assert [g["lr"] for name in ("G", "D") for g in groups(run, name)] == [1e-3, 1e-3]
+    run = resume(fast, "optim.lr=1e-3", max_steps=21)  # G at twice it at 28 px (ganrun.config.dcgan_g_lr)
+    assert [g["lr"] for name in ("G", "D") for g in groups(run, name)] == pytest.approx([2e-3, 1e-3])
     assert all(run.state.recipe.optimizers[name].state for name in ("G", "D"))  # Adam's moments kept
     run.train()
     resume(slow, max_steps=21).train()
 
     after = {run_dir: load_checkpoint(run_dir / "checkpoints" / LAST) for run_dir in (fast, slow)}
     assert after[fast]["recipe"]["optimizers"]["D"]["param_groups"][0]["lr"] == 1e-3
-    assert after[fast]["config"]["optim"]["G"]["lr"] == 1e-3  # recorded as trained
+    assert after[fast]["config"]["optim"]["G"]["lr"] == pytest.approx(2e-3)  # recorded as trained
     assert after[slow]["recipe"]["optimizers"]["D"]["param_groups"][0]["lr"] == 2e-4
     for name, weight in before.items():
         if not weight.is_floating_point() or "running" in name:
@@ -328,11 +328,11 @@ def test_a_new_rate_under_a_decay_keeps_the_schedule_factor(mnist_root, tmp_path
     run_train(tiny_overrides(mnist_root, **{"optim.decay": "linear", "trainer.max_steps": 4}), run_dir)
     run = resume(run_dir / "checkpoints" / "step_0000002.pt", "optim.lr=1e-3", max_steps=4)
     schedule = run.state.recipe.schedulers["G"]
-    assert schedule.base_lrs == [1e-3] and groups(run, "G")[0]["lr"] == pytest.approx(1e-3 * 2 / 4)
+    assert schedule.base_lrs == pytest.approx([2e-3]) and groups(run, "G")[0]["lr"] == pytest.approx(2e-3 * 2 / 4)
     assert schedule.get_last_lr() == [groups(run, "G")[0]["lr"]]
     plain = resume(run_dir / "checkpoints" / "step_0000002.pt", max_steps=4)  # nothing changed: as saved
     saved = load_checkpoint(run_dir / "checkpoints" / "step_0000002.pt")["recipe"]["optimizers"]["G"]["param_groups"][0]
-    assert groups(plain, "G")[0]["lr"] == saved["lr"] == pytest.approx(2e-4 * 2 / 4)
+    assert groups(plain, "G")[0]["lr"] == saved["lr"] == pytest.approx(4e-4 * 2 / 4)
 
 
 def test_a_new_log_interval_shows_in_metrics(base, tmp_path):
@@ -375,15 +375,15 @@ def test_a_key_the_run_does_not_have_is_refused():
 
 
 def test_a_longer_budget_on_resume_keeps_the_checkpoints_width():
-    """At 28 px the default width follows the budget (32 up to 5 minutes, 64 beyond:
+    """At 28 px the default width follows the budget (16 up to 5 minutes, 64 beyond:
     ganrun.config.dcgan_width); `make train` then `resume=RUN trainer.max_time=00:30:00` must keep
-    training the 32-wide networks it has, not ask for 64-wide ones."""
+    training the 16-wide networks it has, not ask for 64-wide ones."""
     saved = to_plain(compose_train(["trainer.max_time=00:05:00"]))
-    assert saved["model"]["G"]["width"] == 32
+    assert saved["model"]["G"]["width"] == 16
     overrides = ["trainer.max_time=00:30:00"]
     assert compose_train(overrides).model.G.width == 64  # what a new run with that budget gets
     merged = merge_resume_config(saved, compose_train(overrides), overrides)
-    assert (merged.model.G.width, merged.model.D.width, merged.trainer.max_time) == (32, 32, "00:30:00")
+    assert (merged.model.G.width, merged.model.D.width, merged.trainer.max_time) == (16, 16, "00:30:00")
     check_same_model(saved, merged, Path("run"))  # raises on any difference
 
 
@@ -403,6 +403,21 @@ def test_keys_follow_their_source_again_unless_they_were_set_apart():
         merged(["optim.G.lr=5e-4", "optim.D.lr=5e-4"], ["optim.lr=1e-3"])
     with pytest.raises(GanrunError, match=r"trainer\.n_critic=3 would set nothing.*loss\.n_critic"):
         merged(["loss.n_critic=2"], ["trainer.n_critic=3"])
+
+
+def test_the_28_px_dcgan_g_rate_follows_optim_lr_at_twice_it_on_resume():
+    """DCGAN at 28 px trains G at 2 x optim.lr (ganrun/config.py dcgan_g_lr); stored resolved, G's
+    4e-4 still follows `optim.lr` on resume, at twice it, and an explicit G rate stays apart."""
+    def merged(started_with: list[str], resumed_with: list[str]):
+        saved = to_plain(compose_train(started_with))
+        return merge_resume_config(saved, compose_train(resumed_with), resumed_with)
+
+    config = merged([], ["optim.lr=1e-4"])
+    assert (config.optim.G.lr, config.optim.D.lr) == pytest.approx((2e-4, 1e-4))
+    config = merged(["optim.G.lr=3e-4"], ["optim.lr=1e-4"])
+    assert (config.optim.G.lr, config.optim.D.lr) == pytest.approx((3e-4, 1e-4))
+    config = merged([], ["trainer.max_steps=9000"])
+    assert (config.optim.G.lr, config.optim.D.lr) == pytest.approx((4e-4, 2e-4))
 
 
 def test_optimizers_that_would_need_state_the_checkpoint_lacks_are_refused(base):
