@@ -14,7 +14,8 @@ is inside the budget.
 what `precision=auto` picks on a CPU without bf16 (on such a CPU, ganrun already is fp32).
 
 - ganrun: its real CLI, `python -m ganrun train dataset.root=ROOT` with ganrun's defaults
-  (DCGAN at 28 px with the width its budget gets: 64 for 10 minutes, 32 for 5 or less; bce,
+  (DCGAN at 28 px with the width its budget gets: 64 for 10 minutes, 16 for 5 or less, and
+  InfoGAN's fully connected layer of 16 x width units in G and D (1,024 at width 64); bce, fused
   Adam 2e-4/(0.5, 0.999), batch 64, precision=auto, channels_last, EMA, log/sample/checkpoint side
   work) plus only: trainer.max_steps=10^9 (the clock ends the run), trainer.ckpt_every
   (--ckpt-every, default 200 instead of 500, for the curve; its cost is measured and printed),
