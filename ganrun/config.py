@@ -297,7 +297,7 @@ def dcgan_hidden(resolution: int, width: int) -> int:
     return HIDDEN_PER_WIDTH * int(width) if resolution == 28 else 0
 
 
-# DCGAN's G learns at this multiple of optim.lr at 28 px (ganrun/config.py dcgan_g_lr).
+# DCGAN's G learns at this multiple of optim.lr at 28 px (dcgan_g_lr below).
 DCGAN_28PX_G_LR_RATIO = 2.0
 DCGAN_GENERATOR = "ganrun.models.dcgan.Generator"
 
@@ -310,7 +310,8 @@ def dcgan_g_lr(lr: float, resolution: int, generator_target: Any) -> float:
     A faster G is what InfoGAN's MNIST training does with these networks (openai/InfoGAN,
     launchers/run_mnist_exp.py: generator_learning_rate 1e-3, discriminator 2e-4). Chosen by
     measurement (README, "Defaults by measurement"): G at 4e-4 read a better FID than 2e-4 in every
-    comparison made, at 2.5, 3, 5 and 10 minutes on three CPUs; most on 2 AVX2 cores of an AMD EPYC
+    comparison made, at 2.5, 3 and 5 minutes (and at 10 together with a 50-kimg EMA) on three CPUs;
+    most on 2 AVX2 cores of an AMD EPYC
     in fp32, where 3 minutes (1,442 vs 1,467 steps, width 32 with the fully connected layers) read
     FID 50.8 against 156.9 (1,000 G_ema samples vs 1,000 test digits). The pinned
     `experiment=dcgan_mnist` and `cgan_mnist` keep DCGAN's equal rates."""
