@@ -248,50 +248,35 @@ def test_mlp_generator_uses_batch_norm_for_images_and_not_for_points():
 
 
 @pytest.mark.parametrize(
-    ("overrides", "width"),
+    ("overrides", "width", "hidden"),
     [
-        ([], 32),  # 28 px, a short run (3,000 steps): chosen by the quality-per-CPU-minute sweep
-        (["dataset=fashion_mnist"], 32),
-        (["trainer.max_time=00:05:00", "trainer.max_steps=100000"], 16),  # make train's budget
-        (["trainer.max_time=300"], 16),
-        (["trainer.max_time=00:10:00", "trainer.max_steps=100000"], 64),  # longer: the paper's width won
-        (["trainer.max_time=5:01"], 64),
-        (["trainer.max_steps=10000"], 32),  # no time budget: the step count decides
-        (["trainer.max_steps=10001"], 64),
-        (["trainer.max_time=not-a-time"], 32),  # (as a step budget)  # no budget here; the loop's check reports it
-        (["dataset=celeba"], 64),  # the paper's width everywhere else
-        (["dataset=cifar10"], 64),
-        (["experiment=dcgan_mnist"], 64),  # pinned recipes keep the paper's
-        (["experiment=cgan_mnist"], 64),
+        # 28 px, a short run (3,000 steps): chosen by the quality-per-CPU-minute sweep; FC 16 x the width
+        ([], 32, 512),
+        (["dataset=fashion_mnist"], 32, 512),
+        (["trainer.max_time=00:05:00", "trainer.max_steps=100000"], 16, 256),  # make train's budget
+        (["trainer.max_time=300"], 16, 256),
+        (["trainer.max_time=00:10:00", "trainer.max_steps=100000"], 64, 1024),  # longer: InfoGAN's MNIST layout
+        (["trainer.max_time=5:01"], 64, 1024),
+        (["trainer.max_steps=10000"], 32, 512),  # no time budget: the step count decides
+        (["trainer.max_steps=10001"], 64, 1024),
+        (["trainer.max_time=not-a-time"], 32, 512),  # no budget here (a step budget); the loop's check reports it
+        (["dataset=celeba"], 64, 0),  # the paper's all-convolutional width-64 network everywhere else
+        (["dataset=cifar10"], 64, 0),
+        (["experiment=dcgan_mnist"], 64, 0),  # pinned recipes keep the paper's
+        (["experiment=cgan_mnist"], 64, 0),
     ],
 )
-def test_dcgan_width_default_follows_the_resolution_and_budget_and_pinned_experiments_keep_64(overrides, width):
+def test_dcgan_width_and_fully_connected_layer_follow_the_resolution_and_budget_and_pinned_experiments_keep_the_papers(
+        overrides, width, hidden):
     cfg = compose_train(overrides)
     assert (cfg.model.G.width, cfg.model.D.width) == (width, width)
-    G = build(cfg.model.G)
-    assert G.main[-2].in_channels == width  # the last transposed conv reads `width` channels
-
-
-@pytest.mark.parametrize(
-    "overrides,hidden",
-    [
-        ([], 512),  # 28 px: 16 x the width (32 for the default 3,000 steps)
-        (["trainer.max_time=300"], 256),  # make train's width 16
-        (["trainer.max_time=00:10:00"], 1024),  # InfoGAN's MNIST layout at width 64
-        (["dataset=celeba"], 0),  # the paper's all-convolutional network everywhere else
-        (["dataset=cifar10"], 0),
-        (["experiment=dcgan_mnist"], 0),  # pinned recipes keep the paper's
-        (["experiment=cgan_mnist"], 0),
-    ],
-)
-def test_dcgan_fully_connected_layer_is_16_times_the_width_at_28_px_only(overrides, hidden):
-    cfg = compose_train(overrides)
     assert (cfg.model.G.hidden, cfg.model.D.hidden) == (hidden, hidden)
     G, D = build(cfg.model.G), build(cfg.model.D)
+    assert G.main[-2].in_channels == width  # the last transposed conv reads `width` channels
     linear_widths = [layer.out_features for layer in G.modules() if isinstance(layer, torch.nn.Linear)]
-    assert linear_widths == ([hidden, 7 * 7 * 2 * cfg.model.G.width] if hidden else [])
+    assert linear_widths == ([hidden, 7 * 7 * 2 * width] if hidden else [])
     assert [layer.in_features for layer in D.modules() if isinstance(layer, torch.nn.Linear)] == (
-        [7 * 7 * 2 * cfg.model.D.width, hidden] if hidden else [])
+        [7 * 7 * 2 * width, hidden] if hidden else [])
 
 
 @pytest.mark.parametrize("num_classes", [0, 10])
